@@ -1,0 +1,155 @@
+"""An append-only table kept as a directory of small Parquet files: the registry's storage.
+
+Writers never modify a file: each commit writes a new file with a unique name
+(``<time_ns>-<uuid>.parquet``), so any number of processes, on any number of machines sharing one
+bucket, can commit at once and no row is ever lost. The current state is the union of all files,
+keeping for each key the row with the latest ``timestamp`` (later rows replace or, for the dataset
+log, remove earlier ones).
+
+Compaction merges many small files into one and then deletes exactly the files it merged. It takes
+no lock: a row lives in at least one file at every moment (the merged file is written before any
+source is deleted), so concurrent compactions, writers and readers never lose a row; a reader that
+finds a listed file gone simply lists again. Reading the same row twice is harmless because the
+state keeps one row per key.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import CorruptDatasetError, StorageError
+from .storage import TEMP_PREFIX, Storage
+
+_READ_ATTEMPTS = 5
+
+
+def new_log_name() -> str:
+    """A unique, roughly time-ordered file name for one commit."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
+
+
+class LogTable:
+    """A keyed table stored as a log of Parquet files under ``reldir``.
+
+    Parameters
+    ----------
+    storage
+        Where the files live.
+    reldir
+        Directory of the log, relative to the repository root.
+    schema
+        Arrow schema of every file; it must contain an int64 ``timestamp`` column.
+    keys
+        Columns that identify a row; the latest row per key is the current one.
+    """
+
+    def __init__(self, storage: Storage, reldir: str, schema: pa.Schema, keys: Sequence[str]):
+        self.storage = storage
+        self.reldir = reldir
+        self.schema = schema
+        self.keys = list(keys)
+        self._seen: set[str] = set()
+        self._state = pl.from_arrow(schema.empty_table())
+        self.version = 0  # bumped whenever the state changes
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append(self, table: pa.Table) -> str:
+        """Commit rows as one new file; returns its name. Atomic: all rows or none."""
+        table = table.select(self.schema.names).cast(self.schema)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        name = new_log_name()
+        self.storage.put_bytes(f"{self.reldir}/{name}", sink.getvalue().to_pybytes(),
+                               exclusive=True)
+        return name
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def refresh(self) -> pl.DataFrame:
+        """Read files committed since the last refresh and return the current state."""
+        for _attempt in range(_READ_ATTEMPTS):
+            names = sorted(n for n in self.storage.list_names(self.reldir)
+                           if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX))
+            new = [n for n in names if n not in self._seen]
+            if not new:
+                return self._state
+            frames = []
+            vanished = False
+            for name in new:
+                try:
+                    frames.append(self._read(name))
+                except StorageError:
+                    if self.storage.exists(f"{self.reldir}/{name}"):
+                        raise
+                    vanished = True  # compacted away meanwhile: its rows are in a newer file
+            if frames:
+                self._merge(frames)
+            self._seen.update(new)
+            if not vanished:
+                return self._state
+        return self._state
+
+    def _read(self, name: str) -> pl.DataFrame:
+        relpath = f"{self.reldir}/{name}"
+        data = self.storage.get_bytes(relpath)
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception as exc:
+            raise CorruptDatasetError(
+                f"registry file {self.storage.uri(relpath)} is not readable Parquet ({exc}); "
+                "move it aside and run `drp verify`"
+            ) from exc
+        return pl.from_arrow(table.select(self.schema.names).cast(self.schema))
+
+    def _merge(self, frames: list[pl.DataFrame]) -> None:
+        combined = pl.concat([self._state, *frames], how="vertical_relaxed")
+        self._state = combined.sort("timestamp", maintain_order=True).unique(
+            subset=self.keys, keep="last", maintain_order=True
+        )
+        self.version += 1
+
+    @property
+    def state(self) -> pl.DataFrame:
+        """The state as of the last refresh (no I/O)."""
+        return self._state
+
+    def add_local(self, table: pa.Table) -> None:
+        """Merge rows this process has just committed, without listing the directory again."""
+        self._merge([pl.from_arrow(table.select(self.schema.names).cast(self.schema))])
+
+    def note_committed(self, name: str) -> None:
+        """Mark a file this process wrote as already merged (see :meth:`add_local`)."""
+        self._seen.add(name)
+
+    # -- compaction ------------------------------------------------------------------------------
+
+    def compact(self, *, min_files: int = 2) -> tuple[int, int]:
+        """Merge all current files into one; returns (files merged, rows kept)."""
+        names = sorted(n for n in self.storage.list_names(self.reldir)
+                       if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX))
+        if len(names) < min_files:
+            return 0, len(self._state)
+        frames, merged = [], []
+        for name in names:
+            try:
+                frames.append(self._read(name))
+                merged.append(name)
+            except StorageError:
+                continue  # another compaction took it; its rows are in that one's output
+        if not frames:
+            return 0, 0
+        state = pl.concat(frames, how="vertical_relaxed").sort("timestamp", maintain_order=True)
+        state = state.unique(subset=self.keys, keep="last", maintain_order=True)
+        name = self.append(state.to_arrow())
+        for old in merged:
+            self.storage.delete(f"{self.reldir}/{old}")
+        self._seen.update(merged)
+        self._seen.discard(name)
+        return len(merged), len(state)
