@@ -518,19 +518,19 @@ class _Parser:
         node = self._or()
         token = self.lexer.peek()
         if token.kind != "eof":
-            self._fail(
+            raise self._error(
                 token, f"expected AND, OR or the end of the expression but found {token.describe()}"
             )
         return node
 
     @staticmethod
-    def _fail(token: _Token, message: str) -> None:
-        raise _PositionedError(message, token.pos, "syntax error")
+    def _error(token: _Token, message: str) -> _PositionedError:
+        return _PositionedError(message, token.pos, "syntax error")
 
     def _enter(self, token: _Token) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            self._fail(
+            raise self._error(
                 token,
                 f"expression nests too deeply (more than {MAX_DEPTH} levels of parentheses or NOT)",
             )
@@ -567,7 +567,9 @@ class _Parser:
             node = self._or()
             closing = self.lexer.next()
             if not closing.is_op(")"):
-                self._fail(closing, f"expected AND, OR or ')' but found {closing.describe()}")
+                raise self._error(
+                    closing, f"expected AND, OR or ')' but found {closing.describe()}"
+                )
             self.depth -= 1
             return node
         left_token = token
@@ -586,18 +588,17 @@ class _Parser:
             return Compare(op, left, right, pos=left.pos)
         if token.is_keyword("NOT", "IN"):
             if not isinstance(left, Identifier):
-                self._fail(
+                raise self._error(
                     token, f"IN needs an identifier on its left, not {left_token.describe()}"
                 )
             return self._in_list(left)
         if isinstance(left, Literal) and isinstance(left.value, bool):
             return left
-        self._fail(
+        raise self._error(
             token,
             f"expected a comparison operator or IN after {left_token.describe()} but found "
             f"{token.describe()}",
         )
-        raise AssertionError("unreachable")
 
     def _operand(self, expected: str) -> Identifier | Literal | Bind:
         token = self.lexer.next()
@@ -610,9 +611,8 @@ class _Parser:
         if token.kind == "bind":
             return Bind(str(token.value), pos=token.pos)
         if token.is_op(":"):
-            self._fail(token, "a bind is ':' followed by a name, such as :visit")
-        self._fail(token, f"expected {expected} but found {token.describe()}")
-        raise AssertionError("unreachable")
+            raise self._error(token, "a bind is ':' followed by a name, such as :visit")
+        raise self._error(token, f"expected {expected} but found {token.describe()}")
 
     def _in_list(self, identifier: Identifier) -> InList:
         negated = False
@@ -621,12 +621,12 @@ class _Parser:
             negated = True
             token = self.lexer.next()
             if not token.is_keyword("IN"):
-                self._fail(token, f"expected IN after NOT but found {token.describe()}")
+                raise self._error(token, f"expected IN after NOT but found {token.describe()}")
         opening = self.lexer.next()
         if not opening.is_op("("):
-            self._fail(opening, f"expected '(' after IN but found {opening.describe()}")
+            raise self._error(opening, f"expected '(' after IN but found {opening.describe()}")
         if self.lexer.peek().is_op(")"):
-            self._fail(self.lexer.peek(), "IN (...) needs at least one value")
+            raise self._error(self.lexer.peek(), "IN (...) needs at least one value")
         items: list[Literal | Bind | Range] = []
         while True:
             items.append(self._in_item())
@@ -634,18 +634,22 @@ class _Parser:
             if token.is_op(")"):
                 break
             if not token.is_op(","):
-                self._fail(token, f"expected ')' or ',' but found {token.describe()}")
+                raise self._error(token, f"expected ')' or ',' but found {token.describe()}")
         return InList(identifier, tuple(items), negated, pos=identifier.pos)
 
     def _in_item(self) -> Literal | Bind | Range:
         token = self.lexer.peek()
         item = self._operand("a value, bind or range")
         if isinstance(item, Identifier):
-            self._fail(token, f"expected a value, bind or range but found {token.describe()}")
+            raise self._error(
+                token, f"expected a value, bind or range but found {token.describe()}"
+            )
         if not self.lexer.peek().is_op(".."):
             return item  # type: ignore[return-value]
         if not isinstance(item, Literal) or type(item.value) is not int:
-            self._fail(token, f"range bounds must be integer literals; got {token.describe()}")
+            raise self._error(
+                token, f"range bounds must be integer literals; got {token.describe()}"
+            )
         self.lexer.next()
         stop = self._range_integer("after '..'")
         stride = 1
@@ -654,18 +658,20 @@ class _Parser:
             stride_token = self.lexer.peek()
             stride = self._range_integer("stride after ':'")
             if stride <= 0:
-                self._fail(stride_token, f"range stride must be a positive integer; got {stride}")
+                raise self._error(
+                    stride_token, f"range stride must be a positive integer; got {stride}"
+                )
         start = int(item.value)  # type: ignore[union-attr]
         if start > stop:
-            self._fail(token, f"range {start}..{stop} is empty: its start is after its end")
+            raise self._error(token, f"range {start}..{stop} is empty: its start is after its end")
         if stop - start > _INT64_MAX:
-            self._fail(token, f"range {start}..{stop} spans more than 2**63 values")
+            raise self._error(token, f"range {start}..{stop} spans more than 2**63 values")
         return Range(start, stop, stride, pos=token.pos)
 
     def _range_integer(self, where: str) -> int:
         token = self.lexer.next()
         if token.kind != "number" or type(token.value) is not int:
-            self._fail(token, f"expected an integer {where} but found {token.describe()}")
+            raise self._error(token, f"expected an integer {where} but found {token.describe()}")
         return int(token.value)  # type: ignore[arg-type]
 
 

@@ -404,13 +404,24 @@ def test_range_strides_on_duckdb(db):
     assert evaluate_where("visit IN (-7..0:3)", {"visit": -2}) is False
 
 
+def test_numpy_values_in_rows():
+    row = {"visit": np.int64(7), "band": np.str_("r"), "visit.exposure_time": np.float64("nan")}
+    assert evaluate_where("visit IN (1..9:3) AND band = 'r'", row) is True
+    assert evaluate_where("visit.exposure_time > 1e300", row) is True  # NaN sorts above all
+    assert evaluate_where("visit.exposure_time = visit.exposure_time", row) is True
+    assert evaluate_where("visit.exposure_time < 0", row) is False
+    message = error_of(evaluate_where, "visit = 1", {"visit": b"7"})
+    assert "the row's value of visit has unsupported type bytes" in message
+
+
 def test_scalar_and_list_binds():
     binds = {"b": "r", "visits": [1, 2, 3]}
     sql, params = compile_where("band = :b AND visit IN (:visits, 10)", COLUMNS, binds)
     assert sql == '((d."band" = ?) AND (d."visit" IN (?, ?, ?, ?)))'
     assert params == ["r", 1, 2, 3, 10]
     # Sets are ordered deterministically; ranges, tuples and numpy arrays are lists too.
-    assert compile_where("visit IN (:v)", COLUMNS, {"v": {3, 1, 2}})[1] == [1, 2, 3]
+    letters = list("qwertyuiopasdfghjkl")
+    assert compile_where("band IN (:b)", COLUMNS, {"b": set(letters)})[1] == sorted(letters)
     assert compile_where("visit IN (:v)", COLUMNS, {"v": range(4, 7)})[1] == [4, 5, 6]
     assert compile_where("visit IN (:v)", COLUMNS, {"v": np.array([8, 9])})[1] == [8, 9]
     assert compile_where("visit IN (:v)", COLUMNS, {"v": 5})[1] == [5]
@@ -581,6 +592,16 @@ def test_nesting_up_to_the_limit_is_fine():
     text = "NOT " * MAX_DEPTH + "visit = 1"
     assert evaluate_where(text, {"visit": 1}) is True  # an even number of NOTs
     assert "nests too deeply" in error_of(parse_where, "NOT " + text)
+
+
+def test_depth_counts_nesting_not_sibling_groups():
+    text = (
+        " AND ".join(["(visit = 1)"] * (3 * MAX_DEPTH))
+        + " OR "
+        + " OR ".join(["NOT visit = 2"] * (3 * MAX_DEPTH))
+    )
+    assert evaluate_where(text, {"visit": 1}) is True
+    assert len(compile_where(text, COLUMNS)[1]) == 6 * MAX_DEPTH
 
 
 def test_long_flat_expression_up_to_the_length_limit(db):
