@@ -71,59 +71,111 @@ _REGION = _f("region", "str", "JSON list of [ra, dec] vertices of the footprint 
 
 #: Every dimension, in the canonical order used for dataIds, paths and tables.
 DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("instrument", "str", (), (), (
-        _f("class_name", "str", "Python class implementing the instrument"),
-    ), "A camera."),
-    Dimension("skymap", "str", (), (), (
-        _f("hash", "str", "sha256 of the sky map configuration"),
-        _f("config", "str", "JSON sky map configuration"),
-        _f("tract_count", "int", "number of tracts"),
-    ), "A tessellation of the sky into tracts and patches."),
-    Dimension("tract", "int", ("skymap",), (), (
-        _f("ra", "float", "tract centre right ascension (deg)"),
-        _f("dec", "float", "tract centre declination (deg)"),
-        _f("ring", "int", "declination ring (-1 and num_rings for the polar caps)"),
-        _f("nx", "int", "width of the tract bounding box (pixels)"),
-        _f("ny", "int", "height of the tract bounding box (pixels)"),
-        _f("pixel_scale", "float", "pixel scale (arcsec)"),
-        _REGION,
-        _f("outer_region", "str", "JSON vertices of the region including the overlap"),
-    ), "A region of the sky with its own projection."),
-    Dimension("patch", "int", ("skymap", "tract"), (), (
-        _f("cell_x", "int", "patch column in the tract grid"),
-        _f("cell_y", "int", "patch row in the tract grid"),
-        _f("x0", "int", "first column of the patch (with border) in tract pixels"),
-        _f("y0", "int", "first row of the patch (with border) in tract pixels"),
-        _f("nx", "int", "patch width with border (pixels)"),
-        _f("ny", "int", "patch height with border (pixels)"),
-        _REGION,
-        _f("outer_region", "str", "JSON vertices including the border"),
-    ), "A cell of a tract's grid, the unit of co-addition."),
+    Dimension(
+        "instrument",
+        "str",
+        (),
+        (),
+        (_f("class_name", "str", "Python class implementing the instrument"),),
+        "A camera.",
+    ),
+    Dimension(
+        "skymap",
+        "str",
+        (),
+        (),
+        (
+            _f("hash", "str", "sha256 of the sky map configuration"),
+            _f("config", "str", "JSON sky map configuration"),
+            _f("tract_count", "int", "number of tracts"),
+        ),
+        "A tessellation of the sky into tracts and patches.",
+    ),
+    Dimension(
+        "tract",
+        "int",
+        ("skymap",),
+        (),
+        (
+            _f("ra", "float", "tract centre right ascension (deg)"),
+            _f("dec", "float", "tract centre declination (deg)"),
+            _f("ring", "int", "declination ring (-1 and num_rings for the polar caps)"),
+            _f("nx", "int", "width of the tract bounding box (pixels)"),
+            _f("ny", "int", "height of the tract bounding box (pixels)"),
+            _f("pixel_scale", "float", "pixel scale (arcsec)"),
+            _REGION,
+            _f("outer_region", "str", "JSON vertices of the region including the overlap"),
+        ),
+        "A region of the sky with its own projection.",
+    ),
+    Dimension(
+        "patch",
+        "int",
+        ("skymap", "tract"),
+        (),
+        (
+            _f("cell_x", "int", "patch column in the tract grid"),
+            _f("cell_y", "int", "patch row in the tract grid"),
+            _f("x0", "int", "first column of the patch (with border) in tract pixels"),
+            _f("y0", "int", "first row of the patch (with border) in tract pixels"),
+            _f("nx", "int", "patch width with border (pixels)"),
+            _f("ny", "int", "patch height with border (pixels)"),
+            _REGION,
+            _f("outer_region", "str", "JSON vertices including the border"),
+        ),
+        "A cell of a tract's grid, the unit of co-addition.",
+    ),
     Dimension("band", "str", (), (), (), "An abstract filter band (g, r, i ...)."),
-    Dimension("physical_filter", "str", ("instrument",), ("band",), (),
-              "A filter of one instrument; it belongs to a band."),
-    Dimension("day_obs", "int", ("instrument",), (), (),
-              "The observing night, YYYYMMDD of its local-noon start."),
-    Dimension("visit", "int", ("instrument",), ("physical_filter", "band", "day_obs"), (
-        _f("exposure_time", "float", "exposure time (s)"),
-        _f("ra", "float", "boresight right ascension (deg)"),
-        _f("dec", "float", "boresight declination (deg)"),
-        _f("rotation_angle", "float", "sky rotation angle of the camera (deg)"),
-        _f("datetime_begin", "str", "start of the exposure, ISO 8601 UTC"),
-        _f("mjd", "float", "start of the exposure, MJD (UTC)"),
-        _f("airmass", "float", "airmass at the start of the exposure"),
-        _f("target", "str", "target or field name"),
-        _REGION,
-    ), "One exposure of the whole camera."),
-    Dimension("detector", "int", ("instrument",), (), (
-        _f("name", "str", "detector name"),
-        _f("nx", "int", "width of the science area (pixels)"),
-        _f("ny", "int", "height of the science area (pixels)"),
-        _f("focal_plane_x", "float", "detector centre on the focal plane (mm)"),
-        _f("focal_plane_y", "float", "detector centre on the focal plane (mm)"),
-        _f("orientation", "float", "rotation of the detector on the focal plane (deg)"),
-        _f("pixel_size", "float", "pixel size (micron)"),
-    ), "One sensor of a camera."),
+    Dimension(
+        "physical_filter",
+        "str",
+        ("instrument",),
+        ("band",),
+        (),
+        "A filter of one instrument; it belongs to a band.",
+    ),
+    Dimension(
+        "day_obs",
+        "int",
+        ("instrument",),
+        (),
+        (),
+        "The observing night, YYYYMMDD of its local-noon start.",
+    ),
+    Dimension(
+        "visit",
+        "int",
+        ("instrument",),
+        ("physical_filter", "band", "day_obs"),
+        (
+            _f("exposure_time", "float", "exposure time (s)"),
+            _f("ra", "float", "boresight right ascension (deg)"),
+            _f("dec", "float", "boresight declination (deg)"),
+            _f("rotation_angle", "float", "sky rotation angle of the camera (deg)"),
+            _f("datetime_begin", "str", "start of the exposure, ISO 8601 UTC"),
+            _f("mjd", "float", "start of the exposure, MJD (UTC)"),
+            _f("airmass", "float", "airmass at the start of the exposure"),
+            _f("target", "str", "target or field name"),
+            _REGION,
+        ),
+        "One exposure of the whole camera.",
+    ),
+    Dimension(
+        "detector",
+        "int",
+        ("instrument",),
+        (),
+        (
+            _f("name", "str", "detector name"),
+            _f("nx", "int", "width of the science area (pixels)"),
+            _f("ny", "int", "height of the science area (pixels)"),
+            _f("focal_plane_x", "float", "detector centre on the focal plane (mm)"),
+            _f("focal_plane_y", "float", "detector centre on the focal plane (mm)"),
+            _f("orientation", "float", "rotation of the detector on the focal plane (deg)"),
+            _f("pixel_size", "float", "pixel size (micron)"),
+        ),
+        "One sensor of a camera.",
+    ),
 )
 
 UNIVERSE: dict[str, Dimension] = {d.name: d for d in DIMENSIONS}
@@ -131,7 +183,13 @@ DIMENSION_NAMES: tuple[str, ...] = tuple(d.name for d in DIMENSIONS)
 
 #: Dimensions that become hive partitions in paths, in this order.
 PARTITION_ORDER: tuple[str, ...] = (
-    "instrument", "skymap", "tract", "patch", "band", "visit", "detector",
+    "instrument",
+    "skymap",
+    "tract",
+    "patch",
+    "band",
+    "visit",
+    "detector",
 )
 
 MAX_VALUE_LENGTH = 64
@@ -297,7 +355,9 @@ def validate_data_id(
     in from dimension records). Returns a :class:`DataId` of the given keys, normalized.
     """
     if not isinstance(values, Mapping):
-        raise InvalidDataIdError(f"{what} must be a mapping of dimension to value, got {values!r:.80}")
+        raise InvalidDataIdError(
+            f"{what} must be a mapping of dimension to value, got {values!r:.80}"
+        )
     allowed = set(group.names)
     normalized = {}
     for key, value in values.items():

@@ -66,8 +66,9 @@ class LogTable:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         name = new_log_name()
-        self.storage.put_bytes(f"{self.reldir}/{name}", sink.getvalue().to_pybytes(),
-                               exclusive=True)
+        self.storage.put_bytes(
+            f"{self.reldir}/{name}", sink.getvalue().to_pybytes(), exclusive=True
+        )
         return name
 
     # -- reading ---------------------------------------------------------------------------------
@@ -75,8 +76,11 @@ class LogTable:
     def refresh(self) -> pl.DataFrame:
         """Read files committed since the last refresh and return the current state."""
         for _attempt in range(_READ_ATTEMPTS):
-            names = sorted(n for n in self.storage.list_names(self.reldir)
-                           if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX))
+            names = sorted(
+                n
+                for n in self.storage.list_names(self.reldir)
+                if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX)
+            )
             new = [n for n in names if n not in self._seen]
             if not new:
                 return self._state
@@ -132,8 +136,11 @@ class LogTable:
 
     def compact(self, *, min_files: int = 2) -> tuple[int, int]:
         """Merge all current files into one; returns (files merged, rows kept)."""
-        names = sorted(n for n in self.storage.list_names(self.reldir)
-                       if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX))
+        names = sorted(
+            n
+            for n in self.storage.list_names(self.reldir)
+            if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX)
+        )
         if len(names) < min_files:
             return 0, len(self._state)
         frames, merged = [], []

@@ -124,8 +124,11 @@ class DatasetType:
         return DimensionGroup.from_names(self.dimensions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dimensions": list(self.dimensions),
-                "storage_class": self.storage_class}
+        return {
+            "name": self.name,
+            "dimensions": list(self.dimensions),
+            "storage_class": self.storage_class,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetType:
@@ -184,11 +187,16 @@ class Registry:
 
     def __init__(self, storage: Storage):
         self.storage = storage
-        self.datasets = LogTable(storage, f"{REGISTRY_DIR}/datasets", DATASET_SCHEMA,
-                                 ["dataset_id"])
+        self.datasets = LogTable(
+            storage, f"{REGISTRY_DIR}/datasets", DATASET_SCHEMA, ["dataset_id"]
+        )
         self.records = {
-            name: LogTable(storage, f"{REGISTRY_DIR}/dimensions/{name}", _record_schema(name),
-                           [*UNIVERSE[name].requires, UNIVERSE[name].key_field])
+            name: LogTable(
+                storage,
+                f"{REGISTRY_DIR}/dimensions/{name}",
+                _record_schema(name),
+                [*UNIVERSE[name].requires, UNIVERSE[name].key_field],
+            )
             for name in DIMENSION_NAMES
         }
         self._dataset_types: dict[str, DatasetType] = {}
@@ -280,8 +288,9 @@ class Registry:
         self._collections[name] = chain
         if name in self.flatten([name], _checking=True):
             raise CollectionError(f"chain {name!r} would contain itself")
-        data = json.dumps({"name": name, "type": "CHAINED", "children": list(children),
-                           "doc": doc}).encode()
+        data = json.dumps(
+            {"name": name, "type": "CHAINED", "children": list(children), "doc": doc}
+        ).encode()
         self.storage.put_bytes(self._collection_path(name), data)
         return chain
 
@@ -296,8 +305,9 @@ class Registry:
             self._collections.pop(name, None)
             raise CollectionError(f"unknown collection {name!r}")
         data = json.loads(self.storage.get_bytes(relpath))
-        coll = Collection(data["name"], data["type"], tuple(data.get("children", ())),
-                          data.get("doc", ""))
+        coll = Collection(
+            data["name"], data["type"], tuple(data.get("children", ())), data.get("doc", "")
+        )
         self._collections[name] = coll
         return coll
 
@@ -325,8 +335,11 @@ class Registry:
                     runs.append(name)
                     return
                 raise CollectionError(f"collection chain cycle: {' -> '.join((*path, name))}")
-            coll = (self._collections[name] if _checking and name in self._collections
-                    else self.get_collection(name))
+            coll = (
+                self._collections[name]
+                if _checking and name in self._collections
+                else self.get_collection(name)
+            )
             if coll.type == "RUN":
                 if name not in runs:
                     runs.append(name)
@@ -362,8 +375,11 @@ class Registry:
                 if all(_same(old.get(c), row[c]) for c in dim.record_columns):
                     continue
                 if not update:
-                    diff = {c: (old.get(c), row[c]) for c in dim.record_columns
-                            if not _same(old.get(c), row[c])}
+                    diff = {
+                        c: (old.get(c), row[c])
+                        for c in dim.record_columns
+                        if not _same(old.get(c), row[c])
+                    }
                     raise DimensionRecordError(
                         f"{element} record {dict(zip(table.keys, key, strict=True))} conflicts "
                         f"with the stored one: {diff} (stored, new)"
@@ -392,7 +408,9 @@ class Registry:
         for column in dim.record_columns:
             value = record.get(column)
             dtype = dim.record_dtype(column)
-            is_dimension = column == dim.key_field or column in dim.requires or column in dim.implies
+            is_dimension = (
+                column == dim.key_field or column in dim.requires or column in dim.implies
+            )
             if is_dimension:
                 if value is None:
                     raise DimensionRecordError(f"{element} record {dict(record)} lacks {column!r}")
@@ -440,8 +458,9 @@ class Registry:
             record = self._index(element, refresh=True).get(key)
         return record
 
-    def expand_data_id(self, data_id: Mapping[str, Any], group: DimensionGroup,
-                       *, what: str = "dataId") -> DataId:
+    def expand_data_id(
+        self, data_id: Mapping[str, Any], group: DimensionGroup, *, what: str = "dataId"
+    ) -> DataId:
         """Validate a dataId and fill its implied values from the dimension records.
 
         Every required dimension must have a record; implied values given by the caller must
@@ -490,8 +509,9 @@ class Registry:
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with ``datasets`` and one view per dimension element."""
-        con = duckdb.connect(config={"autoinstall_known_extensions": "false",
-                                     "autoload_known_extensions": "false"})
+        con = duckdb.connect(
+            config={"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
+        )
         con.register("datasets", self.current_datasets().to_arrow())
         for element in DIMENSION_NAMES:
             frame = self.dimension_records(element)

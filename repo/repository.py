@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import socket
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -62,8 +62,20 @@ REPO_CONFIG = "drp-repo.json"
 REPO_FORMAT_VERSION = 1
 PUT_MODES = ("error", "skip", "overwrite")
 
-_SOFTWARE_PACKAGES = ("drp", "numpy", "scipy", "astropy", "sep", "pyarrow", "polars", "duckdb",
-                      "fsspec", "s3fs", "reproject", "galsim")
+_SOFTWARE_PACKAGES = (
+    "drp",
+    "numpy",
+    "scipy",
+    "astropy",
+    "sep",
+    "pyarrow",
+    "polars",
+    "duckdb",
+    "fsspec",
+    "s3fs",
+    "reproject",
+    "galsim",
+)
 
 
 @cache
@@ -131,13 +143,17 @@ class Repository:
         self._written: list[str] = []
 
     @classmethod
-    def create(cls, url: str, storage_options: Mapping[str, Any] | None = None,
-               *, exist_ok: bool = False) -> Repository:
+    def create(
+        cls, url: str, storage_options: Mapping[str, Any] | None = None, *, exist_ok: bool = False
+    ) -> Repository:
         """Create an empty repository at ``url`` and return it."""
         storage = Storage(url, storage_options)
-        config = {"format": "drp-repo", "version": REPO_FORMAT_VERSION,
-                  "dimensions": list(DIMENSION_NAMES),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        config = {
+            "format": "drp-repo",
+            "version": REPO_FORMAT_VERSION,
+            "dimensions": list(DIMENSION_NAMES),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         try:
             storage.put_bytes(REPO_CONFIG, json.dumps(config, indent=1).encode(), exclusive=True)
         except FileExistsError:
@@ -150,8 +166,9 @@ class Repository:
 
     # -- definitions -----------------------------------------------------------------------------
 
-    def register_dataset_type(self, name: str, dimensions: Iterable[str],
-                              storage_class: str) -> DatasetType:
+    def register_dataset_type(
+        self, name: str, dimensions: Iterable[str], storage_class: str
+    ) -> DatasetType:
         """Register (or confirm) a dataset type; a conflicting definition is an error."""
         dataset_type = DatasetType(name, tuple(dimensions), storage_class)
         self.registry.register_dataset_type(dataset_type)
@@ -161,12 +178,14 @@ class Repository:
         """Insert the instrument, band, physical_filter and detector records of an instrument."""
         self.registry.insert_dimension_records("instrument", [instrument.instrument_record()])
         self.registry.insert_dimension_records("band", instrument.band_records())
-        self.registry.insert_dimension_records("physical_filter",
-                                               instrument.physical_filter_records())
+        self.registry.insert_dimension_records(
+            "physical_filter", instrument.physical_filter_records()
+        )
         self.registry.insert_dimension_records("detector", instrument.detector_records())
 
-    def insert_dimension_records(self, element: str, records: Iterable[Mapping[str, Any]],
-                                 *, update: bool = False) -> int:
+    def insert_dimension_records(
+        self, element: str, records: Iterable[Mapping[str, Any]], *, update: bool = False
+    ) -> int:
         """Store dimension records (see :meth:`Registry.insert_dimension_records`)."""
         return self.registry.insert_dimension_records(element, records, update=update)
 
@@ -186,18 +205,23 @@ class Repository:
         keys += [k for k in group.required if k not in keys]
         parts = [run, dataset_type.name, *(f"{k}={data_id[k]}" for k in keys)]
         stem = "_".join([dataset_type.name, *(str(data_id[k]) for k in keys)])
-        return "/".join(parts) + "/" + stem + get_storage_class(dataset_type.storage_class).extension
+        return (
+            "/".join(parts) + "/" + stem + get_storage_class(dataset_type.storage_class).extension
+        )
 
-    def make_ref(self, dataset_type: str | DatasetType, data_id: Mapping[str, Any],
-                 run: str) -> DatasetRef:
+    def make_ref(
+        self, dataset_type: str | DatasetType, data_id: Mapping[str, Any], run: str
+    ) -> DatasetRef:
         """The ref a dataset would have (validated dataId with implied values, id, path)."""
         dataset_type = self._dataset_type(dataset_type)
         check_collection_name(run)
-        expanded = self.registry.expand_data_id(data_id, dataset_type.group,
-                                                what=f"{dataset_type.name} dataId")
+        expanded = self.registry.expand_data_id(
+            data_id, dataset_type.group, what=f"{dataset_type.name} dataId"
+        )
         dataset_id = dataset_id_for(dataset_type.name, run, expanded, dataset_type.group.required)
-        return DatasetRef(dataset_type, expanded, run, dataset_id,
-                          self.path_for(dataset_type, expanded, run))
+        return DatasetRef(
+            dataset_type, expanded, run, dataset_id, self.path_for(dataset_type, expanded, run)
+        )
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -222,9 +246,17 @@ class Repository:
         finally:
             self._pending, self._written = None, []
 
-    def put(self, obj: Any, dataset_type: str | DatasetType, data_id: Mapping[str, Any] | None
-            = None, *, run: str, mode: str = "error", provenance: Provenance | None = None,
-            **data_id_kwargs: Any) -> DatasetRef:
+    def put(
+        self,
+        obj: Any,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        run: str,
+        mode: str = "error",
+        provenance: Provenance | None = None,
+        **data_id_kwargs: Any,
+    ) -> DatasetRef:
         """Store ``obj`` as a dataset and record it.
 
         Parameters
@@ -244,31 +276,54 @@ class Repository:
         provenance
             Producing stage and quantum, input ids and config hash.
         """
+        ref = self.make_ref(dataset_type, {**(data_id or {}), **data_id_kwargs}, run)
+        data = get_storage_class(ref.dataset_type.storage_class).write(obj)
+        return self.store_bytes(ref, data, mode=mode, provenance=provenance)
+
+    def store_bytes(
+        self,
+        ref: DatasetRef,
+        data: bytes,
+        *,
+        mode: str = "error",
+        provenance: Provenance | None = None,
+        link_from: str | None = None,
+    ) -> DatasetRef:
+        """Write already-serialized bytes as the file of ``ref`` and record it (see :meth:`put`).
+
+        With ``link_from`` the file is hard-linked from that local path instead of written (ingest
+        with ``--transfer link``); ``data`` must be its content.
+        """
         if mode not in PUT_MODES:
             raise DrpError(f"put mode must be one of {', '.join(PUT_MODES)}, not {mode!r}")
-        ref = self.make_ref(dataset_type, {**(data_id or {}), **data_id_kwargs}, run)
-        self.registry.register_run(run)
-        storage_class = get_storage_class(ref.dataset_type.storage_class)
-        pending_ids = {row["dataset_id"] for row in self._pending or ()}
-        if ref.id in pending_ids:
+        self.registry.register_run(ref.run)
+        if self._pending is not None and any(r["dataset_id"] == ref.id for r in self._pending):
             if mode == "skip":
                 return ref
             if mode == "error":
                 raise DatasetExistsError(f"{ref} was already put in this transaction")
-        data = storage_class.write(obj)
-        try:
-            self.storage.put_bytes(ref.path, data, exclusive=mode != "overwrite")
-        except FileExistsError:
+        exists = False
+        if link_from is not None:
+            exists = self.storage.exists(ref.path)
+        else:
+            try:
+                self.storage.put_bytes(ref.path, data, exclusive=mode != "overwrite")
+            except FileExistsError:
+                exists = True
+        if exists:
             existing = self._recorded(ref)
             if existing is not None and mode == "skip":
                 return existing
             if existing is not None and mode == "error":
                 raise DatasetExistsError(
                     f"{ref} already exists (id {ref.id}); use skip or overwrite"
-                ) from None
+                )
             if existing is None:
                 log.warning("replacing unrecorded leftover file %s", self.storage.uri(ref.path))
-            self.storage.put_bytes(ref.path, data)
+            if link_from is None:
+                self.storage.put_bytes(ref.path, data)
+        if link_from is not None:
+            self.storage.put_file(ref.path, link_from, mode="link")
         if self._pending is not None:
             self._written.append(ref.path)
         row = self._row(ref, len(data), checksum_of(data), provenance)
@@ -276,8 +331,9 @@ class Repository:
             self._pending.append(row)
         else:
             self.registry.commit_datasets([row])
-        return DatasetRef(ref.dataset_type, ref.data_id, ref.run, ref.id, ref.path, len(data),
-                          row["checksum"])
+        return DatasetRef(
+            ref.dataset_type, ref.data_id, ref.run, ref.id, ref.path, len(data), row["checksum"]
+        )
 
     def _recorded(self, ref: DatasetRef) -> DatasetRef | None:
         """The recorded dataset with ref's id, looking at the latest registry state."""
@@ -288,26 +344,41 @@ class Repository:
         return self._refs_from_frame(rows)[0]
 
     @staticmethod
-    def _row(ref: DatasetRef, size: int, checksum: str,
-             provenance: Provenance | None) -> dict[str, Any]:
+    def _row(
+        ref: DatasetRef, size: int, checksum: str, provenance: Provenance | None
+    ) -> dict[str, Any]:
         provenance = provenance or Provenance()
         row: dict[str, Any] = {name: ref.data_id.get(name) for name in DIMENSION_NAMES}
         row.update(
-            op="put", dataset_id=ref.id, dataset_type=ref.dataset_type.name, run=ref.run,
-            path=ref.path, size=size, checksum=checksum, timestamp=time.time_ns(),
-            producer=provenance.producer, quantum_id=provenance.quantum_id,
-            input_ids=list(provenance.input_ids), config_hash=provenance.config_hash,
-            software=json.dumps(dict(provenance.software or software_versions()),
-                                sort_keys=True),
+            op="put",
+            dataset_id=ref.id,
+            dataset_type=ref.dataset_type.name,
+            run=ref.run,
+            path=ref.path,
+            size=size,
+            checksum=checksum,
+            timestamp=time.time_ns(),
+            producer=provenance.producer,
+            quantum_id=provenance.quantum_id,
+            input_ids=list(provenance.input_ids),
+            config_hash=provenance.config_hash,
+            software=json.dumps(dict(provenance.software or software_versions()), sort_keys=True),
         )
         return row
 
-    def record_external(self, ref: DatasetRef, uri: str, data: bytes | None = None,
-                        *, provenance: Provenance | None = None) -> DatasetRef:
+    def record_external(
+        self,
+        ref: DatasetRef,
+        uri: str,
+        data: bytes | None = None,
+        *,
+        provenance: Provenance | None = None,
+    ) -> DatasetRef:
         """Record a file left in place outside the repository (ingest with ``direct``)."""
+        if "://" not in uri:
+            uri = "file://" + os.path.abspath(uri)
         if data is None:
-            with self.storage.fs.open(uri, "rb") if "://" in uri else open(uri, "rb") as f:
-                data = f.read()
+            data = self._read_external(uri)
         self.registry.register_run(ref.run)
         external = DatasetRef(ref.dataset_type, ref.data_id, ref.run, ref.id, uri)
         row = self._row(external, len(data), checksum_of(data), provenance)
@@ -326,9 +397,14 @@ class Repository:
             collections = [collections]
         return self.registry.flatten(collections)
 
-    def find_dataset(self, dataset_type: str | DatasetType, data_id: Mapping[str, Any] | None
-                     = None, *, collections: str | Sequence[str] | None = None,
-                     **data_id_kwargs: Any) -> DatasetRef:
+    def find_dataset(
+        self,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **data_id_kwargs: Any,
+    ) -> DatasetRef:
         """The first dataset matching type and dataId in the collections' search order.
 
         With ``collections=None`` every run is searched and a match in more than one run is an
@@ -336,18 +412,25 @@ class Repository:
         """
         dataset_type = self._dataset_type(dataset_type)
         values = {**(data_id or {}), **data_id_kwargs}
-        expanded = self.registry.expand_data_id(values, dataset_type.group,
-                                                what=f"{dataset_type.name} dataId")
+        expanded = self.registry.expand_data_id(
+            values, dataset_type.group, what=f"{dataset_type.name} dataId"
+        )
         runs = self._search_runs(collections)
-        ids = [dataset_id_for(dataset_type.name, run, expanded, dataset_type.group.required)
-               for run in runs]
+        ids = [
+            dataset_id_for(dataset_type.name, run, expanded, dataset_type.group.required)
+            for run in runs
+        ]
         for refresh in (False, True):
             current = self.registry.current_datasets(refresh=refresh)
             found = current.filter(pl.col("dataset_id").is_in(ids))
             if not found.is_empty():
                 break
         if found.is_empty():
-            where = f"collections {list(collections) if not isinstance(collections, str) else [collections]}" if collections else "any run"  # noqa: E501
+            where = (
+                f"collections {list(collections) if not isinstance(collections, str) else [collections]}"
+                if collections
+                else "any run"
+            )  # noqa: E501
             raise DatasetNotFoundError(
                 f"no {dataset_type.name} dataset with dataId {dict(expanded)} in {where}"
             )
@@ -359,15 +442,21 @@ class Repository:
             )
         return next(refs[run] for run in runs if run in refs)
 
-    def get(self, dataset_type: str | DatasetType | DatasetRef, data_id: Mapping[str, Any] |
-            None = None, *, collections: str | Sequence[str] | None = None,
-            **data_id_kwargs: Any) -> Any:
+    def get(
+        self,
+        dataset_type: str | DatasetType | DatasetRef,
+        data_id: Mapping[str, Any] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        **data_id_kwargs: Any,
+    ) -> Any:
         """Read a dataset (by ref, or by type + dataId in collections) as a Python object."""
         if isinstance(dataset_type, DatasetRef):
             ref = dataset_type
         else:
-            ref = self.find_dataset(dataset_type, data_id, collections=collections,
-                                    **data_id_kwargs)
+            ref = self.find_dataset(
+                dataset_type, data_id, collections=collections, **data_id_kwargs
+            )
         return self.read(ref)
 
     def read(self, ref: DatasetRef) -> Any:
@@ -389,16 +478,24 @@ class Repository:
         path = ref.path
         try:
             if "://" in path:
-                import fsspec
-
-                with fsspec.open(path, "rb", **self.storage.storage_options) as f:
-                    return f.read()
+                return self._read_external(path)
             return self.storage.get_bytes(path)
         except (StorageError, FileNotFoundError) as exc:
             raise StorageError(
                 f"{ref.dataset_type.name} {dict(ref.data_id)} in {ref.run}: recorded file "
                 f"{self._uri(path)} is missing or unreadable ({exc}); run `drp verify`"
             ) from exc
+
+    def _read_external(self, uri: str) -> bytes:
+        """Bytes of a file outside the repository (ingested with ``direct``)."""
+        import fsspec
+
+        same = uri.startswith(self.storage.protocol + "://")
+        try:
+            with fsspec.open(uri, "rb", **(self.storage.storage_options if same else {})) as f:
+                return f.read()
+        except FileNotFoundError as exc:
+            raise StorageError(f"{uri}: no such file") from exc
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -410,8 +507,17 @@ class Repository:
             dataset_type = types.get(name) or self.registry.get_dataset_type(name)
             types[name] = dataset_type
             data_id = DataId({k: row[k] for k in dataset_type.group.names if row[k] is not None})
-            refs.append(DatasetRef(dataset_type, data_id, row["run"], row["dataset_id"],
-                                   row["path"], row["size"], row["checksum"]))
+            refs.append(
+                DatasetRef(
+                    dataset_type,
+                    data_id,
+                    row["run"],
+                    row["dataset_id"],
+                    row["path"],
+                    row["size"],
+                    row["checksum"],
+                )
+            )
         return refs
 
     def _where_columns(self, alias: str, available: Iterable[str]) -> dict[str, Column]:
@@ -435,10 +541,15 @@ class Repository:
             joins.append(f'LEFT JOIN "_rec_{element}" AS "rec_{element}" ON {cond}')
         return " ".join(joins)
 
-    def query_datasets(self, dataset_types: str | Sequence[str] | None = None, *,
-                       collections: str | Sequence[str] | None = None, where: str = "",
-                       binds: Mapping[str, Any] | None = None,
-                       find_first: bool = True) -> list[DatasetRef]:
+    def query_datasets(
+        self,
+        dataset_types: str | Sequence[str] | None = None,
+        *,
+        collections: str | Sequence[str] | None = None,
+        where: str = "",
+        binds: Mapping[str, Any] | None = None,
+        find_first: bool = True,
+    ) -> list[DatasetRef]:
         """Datasets of the given types in the collections whose dataIds satisfy ``where``.
 
         With ``find_first`` (default) and several collections, only the first match in search
@@ -446,8 +557,11 @@ class Repository:
         """
         if isinstance(dataset_types, str):
             dataset_types = [dataset_types]
-        types = ([self.registry.get_dataset_type(t) for t in dataset_types]
-                 if dataset_types is not None else self.registry.dataset_types())
+        types = (
+            [self.registry.get_dataset_type(t) for t in dataset_types]
+            if dataset_types is not None
+            else self.registry.dataset_types()
+        )
         runs = self._search_runs(collections)
         if not types or not runs:
             return []
@@ -456,8 +570,14 @@ class Repository:
         where_sql, params = compile_where(node, columns, binds)
         joins = self._record_joins(referenced_identifiers(node), "d")
         partition = ", ".join(f'd."{n}"' for n in DIMENSION_NAMES)
-        qualify = (f"QUALIFY row_number() OVER (PARTITION BY d.dataset_type, {partition} "
-                   "ORDER BY list_position(?, d.run)) = 1") if find_first else ""
+        qualify = (
+            (
+                f"QUALIFY row_number() OVER (PARTITION BY d.dataset_type, {partition} "
+                "ORDER BY list_position(?, d.run)) = 1"
+            )
+            if find_first
+            else ""
+        )
         sql = (
             f"SELECT d.* FROM datasets d {joins} "
             "WHERE list_contains(?, d.dataset_type) AND list_contains(?, d.run) "
@@ -475,10 +595,15 @@ class Repository:
             con.close()
         return self._refs_from_frame(pl.from_arrow(table))
 
-    def query_data_ids(self, dimensions: Iterable[str], *, where: str = "",
-                       binds: Mapping[str, Any] | None = None,
-                       datasets: str | Sequence[str] | None = None,
-                       collections: str | Sequence[str] | None = None) -> list[DataId]:
+    def query_data_ids(
+        self,
+        dimensions: Iterable[str],
+        *,
+        where: str = "",
+        binds: Mapping[str, Any] | None = None,
+        datasets: str | Sequence[str] | None = None,
+        collections: str | Sequence[str] | None = None,
+    ) -> list[DataId]:
         """DataIds over ``dimensions`` (with implied values) that satisfy ``where``.
 
         Without ``datasets`` they come from the dimension records (every combination that the
@@ -490,8 +615,9 @@ class Repository:
         con = self.registry.connection()
         try:
             if datasets is not None:
-                refs = self.query_datasets(datasets, collections=collections, where=where,
-                                           binds=binds)
+                refs = self.query_datasets(
+                    datasets, collections=collections, where=where, binds=binds
+                )
                 ids = {ref.data_id.subset(group.names) for ref in refs}
                 return sorted(ids, key=lambda d: tuple(str(v) for v in d.values()))
             present: dict[str, str] = {}  # dimension -> view that provides it
@@ -508,8 +634,11 @@ class Repository:
                     from_parts.append(f'CROSS JOIN "{name}"')
                 for c in view_cols:
                     present.setdefault(c, name)
-            columns = {n: Column(f'"{present[n]}"."{n}"', UNIVERSE[n].dtype)
-                       for n in group.names if n in present}
+            columns = {
+                n: Column(f'"{present[n]}"."{n}"', UNIVERSE[n].dtype)
+                for n in group.names
+                if n in present
+            }
             for element in group.required:
                 for f in UNIVERSE[element].fields:
                     columns[f"{element}.{f.name}"] = Column(f'"{element}"."{f.name}"', f.dtype)
@@ -517,24 +646,30 @@ class Repository:
             select = ", ".join(f'{columns[n].sql} AS "{n}"' for n in group.names if n in present)
             if not from_parts:
                 return []
-            sql = (f"SELECT DISTINCT {select} FROM {' '.join(from_parts)} WHERE {where_sql} "
-                   f"ORDER BY {', '.join(str(i + 1) for i in range(len(present)))}")
+            sql = (
+                f"SELECT DISTINCT {select} FROM {' '.join(from_parts)} WHERE {where_sql} "
+                f"ORDER BY {', '.join(str(i + 1) for i in range(len(present)))}"
+            )
             rows = con.execute(sql, params).fetchall()
         finally:
             con.close()
         names = [n for n in group.names if n in present]
         return [DataId(dict(zip(names, row, strict=True))) for row in rows]
 
-    def query_dimension_records(self, element: str, *, where: str = "",
-                                binds: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def query_dimension_records(
+        self, element: str, *, where: str = "", binds: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """Records of one dimension element that satisfy ``where``."""
         if element not in UNIVERSE:
-            raise CollectionError(f"unknown dimension element {element!r}; known: "
-                                  f"{', '.join(DIMENSION_NAMES)}")
+            raise CollectionError(
+                f"unknown dimension element {element!r}; known: {', '.join(DIMENSION_NAMES)}"
+            )
         dim = UNIVERSE[element]
         node = parse_where(where)
-        columns = {n: Column(f'"{element}"."{n}"', UNIVERSE[n].dtype)
-                   for n in (*dim.requires, element, *dim.implies)}
+        columns = {
+            n: Column(f'"{element}"."{n}"', UNIVERSE[n].dtype)
+            for n in (*dim.requires, element, *dim.implies)
+        }
         for f in dim.fields:
             columns[f"{element}.{f.name}"] = Column(f'"{element}"."{f.name}"', f.dtype)
             columns.setdefault(f.name, columns[f"{element}.{f.name}"])
@@ -581,10 +716,12 @@ class Repository:
         finally:
             con.close()
 
-    def _add_catalog_views(self, con: duckdb.DuckDBPyConnection,
-                           collections: str | Sequence[str] | None) -> None:
-        catalog_types = [t.name for t in self.registry.dataset_types()
-                         if t.storage_class == "Catalog"]
+    def _add_catalog_views(
+        self, con: duckdb.DuckDBPyConnection, collections: str | Sequence[str] | None
+    ) -> None:
+        catalog_types = [
+            t.name for t in self.registry.dataset_types() if t.storage_class == "Catalog"
+        ]
         if not catalog_types:
             return
         if not self.storage.is_local:
@@ -669,7 +806,7 @@ class Repository:
         """Delete the unrecorded files a verify report found."""
         prefix = self.storage.uri("x")[:-1]
         for uri in report.orphans:
-            self.storage.delete(uri[len(prefix):])
+            self.storage.delete(uri[len(prefix) :])
         return len(report.orphans)
 
     def compact(self) -> dict[str, tuple[int, int]]:
@@ -682,8 +819,9 @@ class Repository:
         return result
 
 
-def ensure_progress(iterable: Iterable[Any], *, total: int | None = None,
-                    desc: str = "") -> Iterable[Any]:
+def ensure_progress(
+    iterable: Iterable[Any], *, total: int | None = None, desc: str = ""
+) -> Iterable[Any]:
     """Wrap an iterable in a progress bar on a terminal; plain iteration otherwise."""
     if not sys.stderr.isatty():
         return iterable
@@ -692,8 +830,9 @@ def ensure_progress(iterable: Iterable[Any], *, total: int | None = None,
     return tqdm(iterable, total=total, desc=desc, unit="ds", leave=False)
 
 
-def transfer(source: Repository, dest: Repository, refs: Sequence[DatasetRef], *,
-             batch: int = 500) -> int:
+def transfer(
+    source: Repository, dest: Repository, refs: Sequence[DatasetRef], *, batch: int = 500
+) -> int:
     """Copy datasets (files, records and provenance) into another repository.
 
     Dataset types, the dimension records they need and the runs are created in ``dest``; datasets
@@ -707,8 +846,7 @@ def transfer(source: Repository, dest: Repository, refs: Sequence[DatasetRef], *
             dest.registry.insert_dimension_records(element, records)
     present = set(dest.registry.current_datasets()["dataset_id"].to_list())
     source_rows = {
-        row["dataset_id"]: row
-        for row in source.registry.current_datasets().iter_rows(named=True)
+        row["dataset_id"]: row for row in source.registry.current_datasets().iter_rows(named=True)
     }
     copied = 0
     todo = [ref for ref in refs if ref.id not in present]
@@ -716,8 +854,11 @@ def transfer(source: Repository, dest: Repository, refs: Sequence[DatasetRef], *
     for ref in ensure_progress(todo, total=len(todo), desc="transfer"):
         dest.registry.register_run(ref.run)
         data = source._read_bytes(ref)
-        path = ref.path if "://" not in ref.path else Repository.path_for(
-            ref.dataset_type, ref.data_id, ref.run)
+        path = (
+            ref.path
+            if "://" not in ref.path
+            else Repository.path_for(ref.dataset_type, ref.data_id, ref.run)
+        )
         dest.storage.put_bytes(path, data)
         row = dict(source_rows[ref.id])
         row.update(path=path, timestamp=time.time_ns())

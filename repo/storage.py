@@ -52,8 +52,10 @@ def _s3_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """s3fs constructor arguments from user options and the AWS environment."""
     opts = dict(options)
     client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
-    endpoint = opts.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL_S3") or (
-        os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = (
+        opts.pop("endpoint_url", None)
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or (os.environ.get("AWS_ENDPOINT_URL"))
     )
     if endpoint:
         client_kwargs.setdefault("endpoint_url", endpoint)
@@ -75,8 +77,17 @@ def _s3_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _is_s3_connection_error(exc: BaseException) -> bool:
     name = type(exc).__name__
-    return any(word in name for word in ("EndpointConnection", "ConnectTimeout", "ConnectionError",
-                                         "ClientConnector", "ServerDisconnected", "ReadTimeout"))
+    return any(
+        word in name
+        for word in (
+            "EndpointConnection",
+            "ConnectTimeout",
+            "ConnectionError",
+            "ClientConnector",
+            "ServerDisconnected",
+            "ReadTimeout",
+        )
+    )
 
 
 class Storage:
@@ -104,7 +115,9 @@ class Storage:
             self.protocol = "s3"
             self.root = rest.strip("/")
             if not self.root:
-                raise StorageError(f"{url!r}: an S3 repository URL needs a bucket: s3://bucket/path")
+                raise StorageError(
+                    f"{url!r}: an S3 repository URL needs a bucket: s3://bucket/path"
+                )
             try:
                 self.fs = fsspec.filesystem("s3", **_s3_options(options))
             except Exception as exc:  # bad options are reported, not crashed on
@@ -114,8 +127,10 @@ class Storage:
             self.root = "/" + rest.strip("/")
             self.fs = fsspec.filesystem("memory")
         else:
-            raise StorageError(f"{url!r}: unsupported storage protocol {protocol!r} "
-                               "(use a path, file://, s3:// or memory://)")
+            raise StorageError(
+                f"{url!r}: unsupported storage protocol {protocol!r} "
+                "(use a path, file://, s3:// or memory://)"
+            )
         self.storage_options = options
 
     # -- naming ----------------------------------------------------------------------------------
@@ -277,7 +292,7 @@ class Storage:
         prefix = self.root.rstrip("/") + "/"
         for name, info in sorted(found.items()):
             if info.get("type") == "file" and name.startswith(prefix):
-                yield name[len(prefix):], int(info.get("size") or 0)
+                yield name[len(prefix) :], int(info.get("size") or 0)
 
     # -- errors ----------------------------------------------------------------------------------
 

@@ -52,15 +52,39 @@ _FITS = "repo.formatters.fits"
 STORAGE_CLASSES: dict[str, StorageClass] = {
     sc.name: sc
     for sc in (
-        StorageClass("Exposure", ".fits", _FITS, "write_exposure", "read_exposure",
-                     "image + mask + variance with WCS, PSF, photometric calibration, metadata"),
+        StorageClass(
+            "Exposure",
+            ".fits",
+            _FITS,
+            "write_exposure",
+            "read_exposure",
+            "image + mask + variance with WCS, PSF, photometric calibration, metadata",
+        ),
         StorageClass("Image", ".fits", _FITS, "write_image", "read_image", "a single 2-D image"),
-        StorageClass("Fits", ".fits", _FITS, "write_hdulist", "read_hdulist",
-                     "a multi-extension FITS file kept as is (raw exposures)"),
-        StorageClass("Catalog", ".parquet", "repo.formatters.parquet", "write_catalog",
-                     "read_catalog", "a table (astropy, Arrow or polars) as Parquet"),
-        StorageClass("StructuredData", ".json", "repo.formatters.jsonfmt", "write_json",
-                     "read_json", "JSON-compatible configuration, summaries and reports"),
+        StorageClass(
+            "Fits",
+            ".fits",
+            _FITS,
+            "write_hdulist",
+            "read_hdulist",
+            "a multi-extension FITS file kept as is (raw exposures)",
+        ),
+        StorageClass(
+            "Catalog",
+            ".parquet",
+            "repo.formatters.parquet",
+            "write_catalog",
+            "read_catalog",
+            "a table (astropy, Arrow or polars) as Parquet",
+        ),
+        StorageClass(
+            "StructuredData",
+            ".json",
+            "repo.formatters.jsonfmt",
+            "write_json",
+            "read_json",
+            "JSON-compatible configuration, summaries and reports",
+        ),
     )
 }
 

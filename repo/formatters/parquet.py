@@ -39,8 +39,10 @@ def _astropy_to_arrow(table: Any) -> pa.Table:
             width = int(np.prod(data.shape[1:]))
             array = pa.FixedSizeListArray.from_arrays(flat, width)
             if mask is not None:
-                raise FormatterError(f"column {name!r}: masked multi-dimensional columns are not "
-                                     "supported by the Catalog storage class")
+                raise FormatterError(
+                    f"column {name!r}: masked multi-dimensional columns are not "
+                    "supported by the Catalog storage class"
+                )
         meta = {}
         if col.unit is not None:
             meta[b"unit"] = col.unit.to_string().encode()
@@ -105,8 +107,9 @@ def write_catalog(obj: Any) -> bytes:
         table = obj.replace_schema_metadata({**(obj.schema.metadata or {}), _TYPE_KEY: b"arrow"})
     elif kind == "polars":
         table = obj.to_arrow()
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               _TYPE_KEY: b"polars"})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), _TYPE_KEY: b"polars"}
+        )
     elif kind == "astropy":
         table = _astropy_to_arrow(obj)
     else:

@@ -9,12 +9,32 @@ instruments (``SimCam``, ``DECam``) live beside this module and register themsel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import DrpError
 
 _INSTRUMENTS: dict[str, type[Instrument]] = {}
+
+
+@dataclass
+class IngestItem:
+    """One dataset that ingest will create from one or more existing files.
+
+    Either ``source`` is a file stored as it is (copied, linked or left in place), or ``make``
+    builds the object to store from the files in ``sources`` (a conversion: always copied).
+    ``records`` are the dimension records (element -> list of records) the dataId needs.
+    """
+
+    dataset_type: str
+    dimensions: tuple[str, ...]
+    storage_class: str
+    data_id: dict[str, Any]
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    source: str | None = None
+    make: Callable[[], Any] | None = None
+    sources: tuple[str, ...] = ()
 
 
 class Instrument(ABC):
@@ -42,6 +62,15 @@ class Instrument(ABC):
     @abstractmethod
     def detector_records(self) -> list[dict[str, Any]]:
         """Records of the ``detector`` element (``instrument``, ``id``, ``name``, geometry)."""
+
+    def ingest_items(self, paths: Sequence[str]) -> list[IngestItem]:
+        """What ingesting these files would create; instruments that can ingest override this."""
+        raise DrpError(f"instrument {self.name} does not know how to ingest files")
+
+    @classmethod
+    def matches_header(cls, header: Mapping[str, Any]) -> bool:
+        """Whether a primary FITS header was written by this instrument (``INSTRUME``)."""
+        return str(header.get("INSTRUME", "")).strip().lower() == cls.name.lower()
 
     def band_records(self) -> list[dict[str, Any]]:
         """Records of the ``band`` element, derived from the physical filters."""
