@@ -619,7 +619,7 @@ class Repository:
                     datasets, collections=collections, where=where, binds=binds
                 )
                 ids = {ref.data_id.subset(group.names) for ref in refs}
-                return sorted(ids, key=lambda d: tuple(str(v) for v in d.values()))
+                return sorted(ids, key=lambda d: tuple(d.get(n) for n in group.required))
             present: dict[str, str] = {}  # dimension -> view that provides it
             from_parts: list[str] = []
             for name in group.required:
@@ -646,9 +646,10 @@ class Repository:
             select = ", ".join(f'{columns[n].sql} AS "{n}"' for n in group.names if n in present)
             if not from_parts:
                 return []
+            order = ", ".join(columns[n].sql for n in group.required if n in present)
             sql = (
                 f"SELECT DISTINCT {select} FROM {' '.join(from_parts)} WHERE {where_sql} "
-                f"ORDER BY {', '.join(str(i + 1) for i in range(len(present)))}"
+                f"ORDER BY {order}"
             )
             rows = con.execute(sql, params).fetchall()
         finally:
