@@ -258,7 +258,7 @@ def _check_plane_array(name: str, array: object, *, floating: bool) -> None:
         raise TypeError(f"Exposure: {name} must be a numpy array, got {type(array).__name__}")
     if array.ndim != 2:
         raise ValueError(f"Exposure: {name} must be 2-D, got {array.ndim}-D")
-    kind = array.dtype
+    kind = array.dtype.newbyteorder("=")  # either byte order; the FITS reader gives native
     if floating and kind not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"Exposure: {name} must be float32 or float64, got {kind}")
     if not floating and kind != np.dtype(np.int32):
@@ -288,6 +288,8 @@ def check_mask_planes(planes: dict[str, int], docs: dict[str, str]) -> None:
     for name, doc in docs.items():
         if not isinstance(doc, str) or not doc.isascii() or not doc.isprintable():
             raise ValueError(f"mask plane {name}: doc must be a printable ASCII string")
+        if doc != doc.rstrip(" "):
+            raise ValueError(f"mask plane {name}: doc must not end with spaces (FITS drops them)")
 
 
 def check_metadata(metadata: dict[str, MetadataValue]) -> None:

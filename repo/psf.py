@@ -31,7 +31,7 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
-from .errors import CorruptDatasetError
+from .errors import CorruptDatasetError, StorageError
 from .formatters.fits import exact_float_card
 
 _PSF_TYPES: dict[str, type[Psf]] = {}
@@ -404,6 +404,8 @@ class PsfexPsf(Psf):
 
         Raises
         ------
+        repo.errors.StorageError
+            The file does not exist.
         repo.errors.CorruptDatasetError
             The file is not a PSFEx model, or holds no row for the requested CCD/exposure.
         """
@@ -414,6 +416,8 @@ class PsfexPsf(Psf):
                 return cls.from_hdulist(hdul, ccdname=ccdname, expnum=expnum, source=source)
         except CorruptDatasetError:
             raise
+        except FileNotFoundError:
+            raise StorageError(f"{source}: no such PSFEx file") from None
         except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
             raise CorruptDatasetError(f"{source}: cannot read PSFEx model ({exc})") from exc
 
