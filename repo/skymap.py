@@ -504,6 +504,13 @@ class RingsSkyMap:
         self._tracts: OrderedDict[int, TractInfo] = OrderedDict()
         self._ring_filter: tuple[NDArray, NDArray, NDArray] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ship only the configuration (to Dask workers, say); caches are rebuilt on demand.
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])
+
     @property
     def name(self) -> str:
         """The sky map name (the ``skymap`` dimension value)."""
@@ -758,6 +765,7 @@ class RingsSkyMap:
             An int for scalar input, else an array of the broadcast shape.
         """
         ra_arr, dec_arr, scalar = as_radec_arrays(ra, dec)
+        shape = ra_arr.shape
         ra_arr, dec_arr = ra_arr.ravel(), dec_arr.ravel()
         slot = np.searchsorted(self._dec_edges, dec_arr, side="right")  # 0: south cap
         tract = np.where(slot == 0, 0, self.num_tracts - 1).astype(np.int64)
@@ -768,7 +776,7 @@ class RingsSkyMap:
         turns = np.mod(ra_arr[in_ring] - self.config.ra_start_deg + 0.5 * width, 360.0)
         index = np.minimum(np.floor(turns / width).astype(np.int64), count - 1)
         tract[in_ring] = self._ring_first[ring] + index
-        return int(tract[0]) if scalar else tract.reshape(np.shape(ra_arr))
+        return int(tract[0]) if scalar else tract.reshape(shape)
 
     def find_tracts(self, region: Region) -> list[int]:
         """Ids of the tracts whose outer region overlaps a region, in increasing order.
