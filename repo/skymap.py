@@ -4,37 +4,37 @@ Geometry
 --------
 The sphere is cut into ``num_rings`` declination rings of equal height ``h = 180 / (num_rings + 1)``
 deg plus two polar caps of radius ``h / 2``: the south cap is ``dec < -90 + h/2``, ring ``i`` is
-``-90 + (i + 1/2) h <= dec < -90 + (i + 3/2) h`` and the north cap is ``dec >= 90 - h/2``. Ring ``i``
-is cut in RA into ``n_i = int(360 cos(d) / h) + 1`` equal slices, ``d`` being the ring's declination
-nearest the equator, so that tracts are about ``h`` wide everywhere. Tract ids count from the south
-cap (0) through the rings in order of increasing declination, each ring from its slice centred on
-``ra_start_deg`` eastwards, to the north cap (``num_tracts - 1``). The ``ring`` of a tract is -1 for
-the south cap and ``num_rings`` for the north cap.
+``-90 + (i + 1/2) h <= dec < -90 + (i + 3/2) h`` and the north cap is ``dec >= 90 - h/2``. Ring
+``i`` is cut in RA into ``n_i = int(360 cos(d) / h) + 1`` equal slices, ``d`` being the ring's
+declination nearest the equator, so that tracts are about ``h`` wide everywhere. Tract ids count
+from the south cap (0) through the rings in order of increasing declination, each ring from its
+slice centred on ``ra_start_deg`` eastwards, to the north cap (``num_tracts - 1``). The ``ring`` of
+a tract is -1 for the south cap and ``num_rings`` for the north cap.
 
 The *inner region* of a tract is the part of the sky it owns: an RA/Dec box (slice ``j`` of a ring
 covers ``ra_start + (j - 1/2) w <= ra < ra_start + (j + 1/2) w``, ``w = 360 / n_i``) or a cap. Every
 point of the sphere lies in exactly one inner region. Because parallels are not great circles, these
 boxes are not spherical polygons, so ``find_tract`` never tests polygons: it finds the ring by a
 binary search of the declination edges and the slice by arithmetic on RA, which is exact (a point
-within ~1e-13 deg of an RA edge goes to whichever side the floating-point arithmetic gives, always the
-same one).
+within ~1e-13 deg of an RA edge goes to whichever side the floating-point arithmetic gives, always
+the same one).
 
-The ``inner_region`` polygon given for a tract (and stored in its dimension record) is the smallest
-convenient *convex cover* of the box: a box edge along a parallel bulging away from the box interior
+The ``inner_region`` polygon given for a tract (and stored in its dimension record) is a *convex
+cover* of the box: a box edge along a parallel bulging away from the box interior
 (the equatorward edge of a box, and the edge of a cap) is followed by a chain of great-circle chords
 tangent to the parallel from outside, with vertices at most ``INNER_REGION_TOLERANCE_ARCSEC`` beyond
 it; an edge along a parallel that curves into the box (the poleward edge) is replaced by the single
-great-circle chord through its corners, which lies outside the box by up to ~0.5 arcmin at mid
-latitudes and ~2 arcmin in the rings next to the caps (for 120 rings). The polygon therefore contains
-the box; neighbouring inner polygons overlap by those slivers. Use ``find_tract`` for ownership.
+great-circle chord through its corners, which lies outside the box by up to ~27 arcsec at |dec| = 60
+and ~2.6 arcmin in the rings next to the caps (for 120 rings). The polygon therefore contains the
+box; neighbouring inner polygons overlap by those slivers. Use ``find_tract`` for ownership.
 
 Each tract has a gnomonic (TAN) WCS centred on the tract centre (the middle of its ring in Dec, the
-middle of its slice in RA; the pole for a cap), north up and east left, with pixel centres at integer
-0-based coordinates. Its bounding box starts at pixel (0, 0) and covers the inner region grown by
-``tract_overlap_deg`` on every side (by at least that much on the sky), rounded up to a whole
-number of patches. The *outer region* is the sky footprint of that box; as TAN maps great circles to
-straight lines, the four-vertex outer polygon is exact. All tracts of a ring share one shape, so the
-sky map computes a ring's geometry once and rotates it in RA.
+middle of its slice in RA; the pole for a cap), north up and east left, with pixel centres at
+integer 0-based coordinates. Its bounding box starts at pixel (0, 0) and covers the inner region
+grown by ``tract_overlap_deg`` on every side (by at least that much on the sky), rounded up to a
+whole number of patches. The *outer region* is the sky footprint of that box; as TAN maps great
+circles to straight lines, the four-vertex outer polygon is exact. All tracts of a ring share one
+shape, so the sky map computes a ring's geometry once and rotates it in RA.
 
 The bounding box is tiled by ``nx x ny`` patches of ``patch_inner_dimensions`` pixels (their inner
 boxes); a patch's outer box is its inner box grown by ``patch_border`` pixels and clipped to the
@@ -43,13 +43,14 @@ four-vertex polygons.
 
 Presets
 -------
-``SkyMapConfig()`` (``drp_rings_v1``): 120 rings as Rubin's (tracts of ~1.49 deg), 1 arcmin
-overlap, 0.2 arcsec pixels and 2000-pixel (6.7 arcmin) patches with a 100-pixel border: about 27500
-pixels and 14 x 14 = 196 patches per tract, 18,900 tracts. Patches of 2200 x 2200 pixels keep a
-co-add plane near 20 MB for our small simulated survey on small machines.
-``SkyMapConfig.lsst_like()``: the same rings with Rubin-sized 4000-pixel patches (7 x 7 per tract).
-``SkyMapConfig.test()``: 15 rings of 11.25 deg with coarse 60 arcsec pixels and 100-pixel patches:
-a few hundred tracts of about 700 x 700 pixels, for fast tests.
+* ``SkyMapConfig()`` (``drp_rings_v1``): 120 rings as Rubin's (tracts of ~1.49 deg), 1 arcmin
+  overlap, 0.2 arcsec pixels and 2000-pixel (6.7 arcmin) patches with a 100-pixel border: about
+  27,500 pixels and 14 x 14 = 196 patches per tract, 18,938 tracts. Patches of 2200 x 2200 pixels
+  keep a co-add plane near 20 MB for our small simulated survey on small machines.
+* ``SkyMapConfig.lsst_like()``: the same rings with Rubin-sized 4000-pixel patches (7 x 7 per
+  tract).
+* ``SkyMapConfig.test()``: 15 rings of 11.25 deg, coarse 60 arcsec pixels and 100-pixel patches:
+  363 tracts of about 700 x 800 pixels, for fast tests.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class SkyMapConfig:
 
     @classmethod
     def lsst_like(cls, name: str = "lsst_rings_v1") -> SkyMapConfig:
-        """Rubin-like rings: 120 rings, 1 arcmin overlap, 0.2"/px, 4000-px patches, 100-px border."""
+        """Rubin-like: 120 rings, 1 arcmin overlap, 0.2"/px, 4000-px patches, 100-px border."""
         return cls(name=name, patch_inner_dimensions=(4000, 4000))
 
     @classmethod
@@ -398,7 +399,8 @@ def _tangent_chain_dec(dec: float, half_step_deg: float) -> float:
 
 
 def _chain_segments(dec: float, width_deg: float, minimum: int) -> int:
-    """Fewest chords spanning ``width_deg`` of the parallel ``dec`` within the tolerance."""
+    """A number of chords (near the fewest) spanning ``width_deg`` of the parallel ``dec`` whose
+    vertices stay within the tolerance of it."""
     tolerance = INNER_REGION_TOLERANCE_ARCSEC / 3600.0
     count = minimum
     while count < 4096:

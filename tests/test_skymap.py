@@ -74,7 +74,7 @@ class Boxes:
         return len(self.dec_lo)
 
     def owners(self, ra: np.ndarray, dec: np.ndarray, chunk: int = 500) -> list[np.ndarray]:
-        """For each point, the ids of every box holding it (half-open; dec = 90 in the north cap)."""
+        """For each point, the ids of every box holding it (half-open; the north cap has dec 90)."""
         result = []
         last = len(self) - 1
         for start in range(0, len(ra), chunk):
