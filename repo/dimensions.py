@@ -14,8 +14,9 @@ can climb out of the repository root or inject SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .errors import InvalidDataIdError
@@ -242,7 +243,7 @@ class DimensionGroup:
         required = sort_dimensions(names - implied)
         return cls(required=required, implied=sort_dimensions(implied))
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         """All dimensions, required and implied, in canonical order."""
         return sort_dimensions((*self.required, *self.implied))
@@ -310,6 +311,14 @@ class DataId(Mapping[str, Any]):
         items = tuple((k, values[k]) for k in sort_dimensions(values.keys()))
         self._items = items
         self._hash = hash(items)
+
+    @classmethod
+    def from_ordered(cls, keys: Sequence[str], values: Sequence[Any]) -> DataId:
+        """Build from keys already validated and in canonical order (fast path for queries)."""
+        self = cls.__new__(cls)
+        self._items = tuple((k, v) for k, v in zip(keys, values, strict=True) if v is not None)
+        self._hash = hash(self._items)
+        return self
 
     def __getitem__(self, key: str) -> Any:
         for k, v in self._items:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 import pyarrow as pa
@@ -56,6 +57,7 @@ class LogTable:
         self.keys = list(keys)
         self._seen: set[str] = set()
         self._state = pl.from_arrow(schema.empty_table())
+        self._unmerged: list[pl.DataFrame] = []  # rows committed here, merged on next access
         self.version = 0  # bumped whenever the state changes
 
     # -- writing ---------------------------------------------------------------------------------
@@ -83,24 +85,35 @@ class LogTable:
             )
             new = [n for n in names if n not in self._seen]
             if not new:
-                return self._state
-            frames = []
-            vanished = False
-            for name in new:
-                try:
-                    frames.append(self._read(name))
-                except StorageError:
-                    if self.storage.exists(f"{self.reldir}/{name}"):
-                        raise
-                    vanished = True  # compacted away meanwhile: its rows are in a newer file
-            if frames:
-                self._merge(frames)
+                return self.state
+            tables, vanished = self._read_many(new)
+            if tables:
+                self._merge([pl.from_arrow(pa.concat_tables(tables))])
             self._seen.update(new)
             if not vanished:
-                return self._state
-        return self._state
+                return self.state
+        return self.state
 
-    def _read(self, name: str) -> pl.DataFrame:
+    def _read_many(self, names: list[str]) -> tuple[list[pa.Table], bool]:
+        """Read log files (concurrently on remote storage); note whether some had vanished."""
+
+        def read(name: str) -> pa.Table | None:
+            try:
+                return self._read(name)
+            except StorageError:
+                if self.storage.exists(f"{self.reldir}/{name}"):
+                    raise
+                return None  # compacted away meanwhile: its rows are in a newer file
+
+        if self.storage.is_local or len(names) < 4:
+            results = [read(n) for n in names]
+        else:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                results = list(pool.map(read, names))
+        tables = [t for t in results if t is not None]
+        return tables, len(tables) < len(results)
+
+    def _read(self, name: str) -> pa.Table:
         relpath = f"{self.reldir}/{name}"
         data = self.storage.get_bytes(relpath)
         try:
@@ -110,9 +123,11 @@ class LogTable:
                 f"registry file {self.storage.uri(relpath)} is not readable Parquet ({exc}); "
                 "move it aside and run `drp verify`"
             ) from exc
-        return pl.from_arrow(table.select(self.schema.names).cast(self.schema))
+        return table.select(self.schema.names).cast(self.schema)
 
     def _merge(self, frames: list[pl.DataFrame]) -> None:
+        frames = [*self._unmerged, *frames]
+        self._unmerged = []
         combined = pl.concat([self._state, *frames], how="vertical_relaxed")
         self._state = combined.sort("timestamp", maintain_order=True).unique(
             subset=self.keys, keep="last", maintain_order=True
@@ -121,12 +136,19 @@ class LogTable:
 
     @property
     def state(self) -> pl.DataFrame:
-        """The state as of the last refresh (no I/O)."""
+        """The state as of the last refresh, with this process's own commits (no I/O)."""
+        if self._unmerged:
+            self._merge([])
         return self._state
 
     def add_local(self, table: pa.Table) -> None:
-        """Merge rows this process has just committed, without listing the directory again."""
-        self._merge([pl.from_arrow(table.select(self.schema.names).cast(self.schema))])
+        """Add rows this process has just committed, without listing the directory again.
+
+        They are merged lazily, on the next read of the state, so that a long series of commits
+        does not re-sort the whole table each time.
+        """
+        self._unmerged.append(pl.from_arrow(table.select(self.schema.names).cast(self.schema)))
+        self.version += 1
 
     def note_committed(self, name: str) -> None:
         """Mark a file this process wrote as already merged (see :meth:`add_local`)."""
@@ -143,15 +165,16 @@ class LogTable:
         )
         if len(names) < min_files:
             return 0, len(self._state)
-        frames, merged = [], []
+        tables, merged = [], []
         for name in names:
             try:
-                frames.append(self._read(name))
+                tables.append(self._read(name))
                 merged.append(name)
             except StorageError:
                 continue  # another compaction took it; its rows are in that one's output
-        if not frames:
+        if not tables:
             return 0, 0
+        frames = [pl.from_arrow(pa.concat_tables(tables))]
         state = pl.concat(frames, how="vertical_relaxed").sort("timestamp", maintain_order=True)
         state = state.unique(subset=self.keys, keep="last", maintain_order=True)
         name = self.append(state.to_arrow())

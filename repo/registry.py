@@ -20,6 +20,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import duckdb
@@ -119,8 +120,9 @@ class DatasetType:
         object.__setattr__(self, "dimensions", sort_dimensions(self.dimensions))
         get_storage_class(self.storage_class)
 
-    @property
+    @cached_property
     def group(self) -> DimensionGroup:
+        """Required and implied dimensions of this dataset type."""
         return DimensionGroup.from_names(self.dimensions)
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +205,8 @@ class Registry:
         self._collections: dict[str, Collection] = {}
         self._record_index: dict[str, tuple[int, dict[tuple, dict[str, Any]]]] = {}
         self._current: tuple[int, pl.DataFrame] | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._con_versions: dict[str, int] = {}
 
     # -- dataset types ---------------------------------------------------------------------------
 
@@ -507,21 +511,55 @@ class Registry:
         self.datasets.note_committed(name)
         self.datasets.add_local(table)
 
-    def connection(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with ``datasets`` and one view per dimension element."""
-        con = duckdb.connect(
-            config={"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
-        )
-        con.register("datasets", self.current_datasets().to_arrow())
-        for element in DIMENSION_NAMES:
-            frame = self.dimension_records(element)
-            key = UNIVERSE[element].key_field
-            con.register(f"_rec_{element}", frame.to_arrow())
-            # A view whose key column carries the dimension's name, for natural joins.
-            con.execute(
-                f'CREATE VIEW "{element}" AS SELECT "{key}" AS "{element}", * FROM "_rec_{element}"'
+    def connection(
+        self, tables: Iterable[str] | None = None, *, fresh: bool = False
+    ) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with ``datasets`` and one view per dimension element.
+
+        By default this is the registry's own connection, kept open between queries: only the
+        ``tables`` asked for (all by default) are brought up to date, each re-registered only if
+        it changed. Do not close it. ``fresh=True`` gives a new connection the caller owns and
+        may extend (``drp sql`` adds catalog views to it).
+        """
+        names = list(DIMENSION_NAMES) + ["datasets"] if tables is None else list(tables)
+        if fresh or self._con is None:
+            con = duckdb.connect(
+                config={
+                    "autoinstall_known_extensions": "false",
+                    "autoload_known_extensions": "false",
+                }
             )
-        return con
+            for element in DIMENSION_NAMES:
+                con.register(f"_rec_{element}", self.records[element].state.drop("timestamp"))
+                # A view whose key column carries the dimension's name, for natural joins.
+                key = UNIVERSE[element].key_field
+                con.execute(
+                    f'CREATE VIEW "{element}" AS SELECT "{key}" AS "{element}", * '
+                    f'FROM "_rec_{element}"'
+                )
+            con.register("datasets", self.current_datasets(refresh=False))
+            if fresh:
+                self._refresh_tables(con, list(DIMENSION_NAMES) + ["datasets"], {})
+                return con
+            self._con, self._con_versions = con, {}
+        self._refresh_tables(self._con, names, self._con_versions)
+        return self._con
+
+    def _refresh_tables(
+        self, con: duckdb.DuckDBPyConnection, names: list[str], versions: dict[str, int]
+    ) -> None:
+        for name in names:
+            if name == "datasets":
+                frame = self.current_datasets(refresh=True)
+                version = self.datasets.version
+                target = "datasets"
+            else:
+                frame = self.dimension_records(name, refresh=True)
+                version = self.records[name].version
+                target = f"_rec_{name}"
+            if versions.get(name) != version:
+                con.register(target, frame.to_arrow())  # Arrow: scanned without conversion
+                versions[name] = version
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -506,7 +506,8 @@ class Repository:
             name = row["dataset_type"]
             dataset_type = types.get(name) or self.registry.get_dataset_type(name)
             types[name] = dataset_type
-            data_id = DataId({k: row[k] for k in dataset_type.group.names if row[k] is not None})
+            keys = dataset_type.group.names
+            data_id = DataId.from_ordered(keys, [row[k] for k in keys])
             refs.append(
                 DatasetRef(
                     dataset_type,
@@ -570,6 +571,7 @@ class Repository:
         where_sql, params = compile_where(node, columns, binds)
         joins = self._record_joins(referenced_identifiers(node), "d")
         partition = ", ".join(f'd."{n}"' for n in DIMENSION_NAMES)
+        find_first = find_first and len(runs) > 1  # one run cannot hold a dataset twice
         qualify = (
             (
                 f"QUALIFY row_number() OVER (PARTITION BY d.dataset_type, {partition} "
@@ -588,11 +590,9 @@ class Repository:
         if find_first:
             all_params.append(runs)
         all_params.append(runs)
-        con = self.registry.connection()
-        try:
-            table = con.sql(sql, params=all_params).to_arrow_table()
-        finally:
-            con.close()
+        elements = sorted({i.split(".")[0] for i in referenced_identifiers(node) if "." in i})
+        con = self.registry.connection(["datasets", *elements])
+        table = con.sql(sql, params=all_params).to_arrow_table()
         return self._refs_from_frame(pl.from_arrow(table))
 
     def query_data_ids(
@@ -612,48 +612,43 @@ class Repository:
         """
         group = DimensionGroup.from_names(dimensions)
         node = parse_where(where)
-        con = self.registry.connection()
-        try:
-            if datasets is not None:
-                refs = self.query_datasets(
-                    datasets, collections=collections, where=where, binds=binds
-                )
-                ids = {ref.data_id.subset(group.names) for ref in refs}
-                return sorted(ids, key=lambda d: tuple(d.get(n) for n in group.required))
-            present: dict[str, str] = {}  # dimension -> view that provides it
-            from_parts: list[str] = []
-            for name in group.required:
-                view_cols = [*UNIVERSE[name].requires, name, *UNIVERSE[name].implies]
-                shared = [c for c in view_cols if c in present]
-                if not from_parts:
-                    from_parts.append(f'"{name}"')
-                elif shared:
-                    cond = " AND ".join(f'"{present[c]}"."{c}" = "{name}"."{c}"' for c in shared)
-                    from_parts.append(f'JOIN "{name}" ON {cond}')
-                else:
-                    from_parts.append(f'CROSS JOIN "{name}"')
-                for c in view_cols:
-                    present.setdefault(c, name)
-            columns = {
-                n: Column(f'"{present[n]}"."{n}"', UNIVERSE[n].dtype)
-                for n in group.names
-                if n in present
-            }
-            for element in group.required:
-                for f in UNIVERSE[element].fields:
-                    columns[f"{element}.{f.name}"] = Column(f'"{element}"."{f.name}"', f.dtype)
-            where_sql, params = compile_where(node, columns, binds)
-            select = ", ".join(f'{columns[n].sql} AS "{n}"' for n in group.names if n in present)
+        if datasets is not None:
+            refs = self.query_datasets(datasets, collections=collections, where=where, binds=binds)
+            ids = {ref.data_id.subset(group.names) for ref in refs}
+            return sorted(ids, key=lambda d: tuple(d.get(n) for n in group.required))
+        present: dict[str, str] = {}  # dimension -> view that provides it
+        from_parts: list[str] = []
+        for name in group.required:
+            view_cols = [*UNIVERSE[name].requires, name, *UNIVERSE[name].implies]
+            shared = [c for c in view_cols if c in present]
             if not from_parts:
-                return []
-            order = ", ".join(columns[n].sql for n in group.required if n in present)
-            sql = (
-                f"SELECT DISTINCT {select} FROM {' '.join(from_parts)} WHERE {where_sql} "
-                f"ORDER BY {order}"
-            )
-            rows = con.execute(sql, params).fetchall()
-        finally:
-            con.close()
+                from_parts.append(f'"{name}"')
+            elif shared:
+                cond = " AND ".join(f'"{present[c]}"."{c}" = "{name}"."{c}"' for c in shared)
+                from_parts.append(f'JOIN "{name}" ON {cond}')
+            else:
+                from_parts.append(f'CROSS JOIN "{name}"')
+            for c in view_cols:
+                present.setdefault(c, name)
+        columns = {
+            n: Column(f'"{present[n]}"."{n}"', UNIVERSE[n].dtype)
+            for n in group.names
+            if n in present
+        }
+        for element in group.required:
+            for f in UNIVERSE[element].fields:
+                columns[f"{element}.{f.name}"] = Column(f'"{element}"."{f.name}"', f.dtype)
+        where_sql, params = compile_where(node, columns, binds)
+        select = ", ".join(f'{columns[n].sql} AS "{n}"' for n in group.names if n in present)
+        if not from_parts:
+            return []
+        order = ", ".join(columns[n].sql for n in group.required if n in present)
+        sql = (
+            f"SELECT DISTINCT {select} FROM {' '.join(from_parts)} WHERE {where_sql} "
+            f"ORDER BY {order}"
+        )
+        con = self.registry.connection(group.required)
+        rows = con.execute(sql, params).fetchall()
         names = [n for n in group.names if n in present]
         return [DataId(dict(zip(names, row, strict=True))) for row in rows]
 
@@ -677,15 +672,12 @@ class Repository:
         where_sql, params = compile_where(node, columns, binds)
         order = ", ".join(f'"{c}"' for c in (*dim.requires, element))
         select = ", ".join(f'"{c}"' for c in dim.record_columns)
-        con = self.registry.connection()
-        try:
-            cursor = con.execute(
-                f'SELECT {select} FROM "{element}" WHERE {where_sql} ORDER BY {order}', params
-            )
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        finally:
-            con.close()
+        con = self.registry.connection([element])
+        cursor = con.execute(
+            f'SELECT {select} FROM "{element}" WHERE {where_sql} ORDER BY {order}', params
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def collections(self) -> list[Collection]:
         """All RUN and CHAINED collections."""
@@ -701,7 +693,7 @@ class Repository:
         collections (all runs by default), with the hive partition columns (``band``, ``visit``,
         ``detector`` ...).
         """
-        con = self.registry.connection()
+        con = self.registry.connection(fresh=True)
         try:
             try:
                 statements = con.extract_statements(query)

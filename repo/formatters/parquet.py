@@ -8,7 +8,6 @@ the original Python type travel in the schema metadata under ``drp:`` keys.
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 
 from ..errors import CorruptDatasetError, FormatterError
 
+LARGE_TABLE_ROWS = 10_000
 _TYPE_KEY = b"drp:python_type"
 _META_KEY = b"drp:table_meta"
 _MASKED_KEY = b"drp:masked"
@@ -117,9 +117,11 @@ def write_catalog(obj: Any) -> bytes:
             f"Catalog storage class takes an astropy Table, pyarrow Table or polars DataFrame, "
             f"not {type(obj).__module__}.{type(obj).__name__}"
         )
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    sink = pa.BufferOutputStream()
+    # zstd pays off on big catalogs; small ones are written faster with snappy.
+    compression = "zstd" if table.num_rows >= LARGE_TABLE_ROWS else "snappy"
+    pq.write_table(table, sink, compression=compression)
+    return sink.getvalue().to_pybytes()
 
 
 def read_catalog(data: bytes, source: str, *, as_type: str | None = None) -> Any:
