@@ -90,7 +90,10 @@ CP_DQ_CODES: dict[int, str] = {
 #: 64 bleed trail, 128 multi-exposure transient.
 CP_DQ_BITS: dict[int, str] = {1: "BAD", 2: "SAT", 4: "INTRP", 16: "CR", 64: "SAT", 128: "SUSPECT"}
 
-_CP_NAME = re.compile(r"^(?P<prefix>.+)_oo(?P<kind>[idw])_(?P<suffix>.+?)\.fits(?:\.fz)?$")
+_CP_NAME = re.compile(
+    r"^(?P<prefix>c4d_\d{6}_\d{6})_oo(?P<kind>[idw])_(?P<suffix>[A-Za-z0-9]+_[A-Za-z0-9]+"
+    r"(?:\.[NS]\d{1,2})?)\.fits(?:\.fz)?$"
+)
 _KIND_NAMES = {"i": "image (ooi)", "w": "weight map (oow)", "d": "data-quality map (ood)"}
 
 #: Primary-header keys copied into the Exposure metadata (when present).
@@ -252,7 +255,9 @@ class DECam(Instrument):
         dict
             ``instrument``, ``visit`` (EXPNUM), ``detector`` (CCDNUM), ``physical_filter``,
             ``band``, ``day_obs`` (YYYYMMDD of the observing night, rolling over at local mean
-            noon at CTIO), ``visit_record`` and ``detector_record``.
+            noon at CTIO), ``visit_record`` and ``detector_record``. The visit's ``ra``/``dec``
+            are the pointing ``RA``/``DEC`` (``TELRA``/``TELDEC`` if absent), as legacypipe's
+            ``ra_bore``/``dec_bore``; ``region`` is the approximate footprint of all CCDs.
 
         Raises
         ------
@@ -370,16 +375,16 @@ def _start_time(primary: fits.Header) -> Time:
 
 
 def _boresight(primary: fits.Header) -> tuple[float, float]:
-    ra_text = primary.get("TELRA", primary.get("RA"))
-    dec_text = primary.get("TELDEC", primary.get("DEC"))
+    ra_text = primary.get("RA", primary.get("TELRA"))
+    dec_text = primary.get("DEC", primary.get("TELDEC"))
     if ra_text is None or dec_text is None:
-        raise DimensionRecordError("header has no TELRA/TELDEC (or RA/DEC) boresight")
+        raise DimensionRecordError("header has no RA/DEC (or TELRA/TELDEC) boresight")
     try:
         ra = Angle(str(ra_text).strip(), unit="hourangle").deg
         dec = Angle(str(dec_text).strip(), unit="deg").deg
     except ValueError:
         raise DimensionRecordError(
-            f"boresight TELRA={ra_text!r} TELDEC={dec_text!r} is not sexagesimal"
+            f"boresight RA={ra_text!r} DEC={dec_text!r} is not sexagesimal"
         ) from None
     return float(ra), float(dec)
 
