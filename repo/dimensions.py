@@ -43,14 +43,19 @@ class Dimension:
     doc: str
 
     @property
-    def key_field(self) -> str:
-        """The record field holding this dimension's own value."""
-        return "id" if self.dtype == "int" else "name"
+    def key_field(self) -> str | None:
+        """The record field holding this dimension's own value (None for record-only tables)."""
+        return {"int": "id", "str": "name"}.get(self.dtype)
+
+    @property
+    def record_keys(self) -> tuple[str, ...]:
+        """Columns that identify a record: required dimensions, then the key."""
+        return (*self.requires, self.key_field) if self.key_field else self.requires
 
     @property
     def record_columns(self) -> tuple[str, ...]:
         """Columns of a record: required dimensions, the key, implied dimensions, then fields."""
-        return (*self.requires, self.key_field, *self.implies, *(f.name for f in self.fields))
+        return (*self.record_keys, *self.implies, *(f.name for f in self.fields))
 
     def record_dtype(self, column: str) -> str:
         """The value type of one record column."""
@@ -181,6 +186,20 @@ DIMENSIONS: tuple[Dimension, ...] = (
 
 UNIVERSE: dict[str, Dimension] = {d.name: d for d in DIMENSIONS}
 DIMENSION_NAMES: tuple[str, ...] = tuple(d.name for d in DIMENSIONS)
+
+#: Every table of records: the dimensions, plus record-only elements keyed by dimensions that
+#: are not dataId keys themselves (the footprint of each detector in each visit, from its WCS).
+ELEMENTS: dict[str, Dimension] = {
+    **UNIVERSE,
+    "visit_detector_region": Dimension(
+        "visit_detector_region",
+        "none",
+        ("instrument", "visit", "detector"),
+        (),
+        (_REGION,),
+        "The footprint of one detector in one visit (for sky-map overlaps).",
+    ),
+}
 
 #: Dimensions that become hive partitions in paths, in this order.
 PARTITION_ORDER: tuple[str, ...] = (

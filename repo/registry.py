@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from .dimensions import (
     DIMENSION_NAMES,
+    ELEMENTS,
     UNIVERSE,
     DataId,
     DimensionGroup,
@@ -179,7 +180,7 @@ class Collection:
 
 
 def _record_schema(element: str) -> pa.Schema:
-    dim = UNIVERSE[element]
+    dim = ELEMENTS[element]
     columns = [(c, _ARROW_TYPES[dim.record_dtype(c)]) for c in dim.record_columns]
     return pa.schema([*columns, ("timestamp", pa.int64())])
 
@@ -197,9 +198,9 @@ class Registry:
                 storage,
                 f"{REGISTRY_DIR}/dimensions/{name}",
                 _record_schema(name),
-                [*UNIVERSE[name].requires, UNIVERSE[name].key_field],
+                ELEMENTS[name].record_keys,
             )
-            for name in DIMENSION_NAMES
+            for name in ELEMENTS
         }
         self._dataset_types: dict[str, DatasetType] = {}
         self._collections: dict[str, Collection] = {}
@@ -365,9 +366,9 @@ class Registry:
         A record identical to the stored one is skipped; a different one is an error unless
         ``update`` is true.
         """
-        if element not in UNIVERSE:
+        if element not in ELEMENTS:
             raise DimensionRecordError(f"unknown dimension element {element!r}")
-        dim = UNIVERSE[element]
+        dim = ELEMENTS[element]
         table = self.records[element]
         existing = self._index(element)
         rows = []
@@ -401,7 +402,7 @@ class Registry:
         return len(rows)
 
     def _normalize_record(self, element: str, record: Mapping[str, Any]) -> dict[str, Any]:
-        dim = UNIVERSE[element]
+        dim = ELEMENTS[element]
         unknown = set(record) - set(dim.record_columns)
         if unknown:
             raise DimensionRecordError(
@@ -435,8 +436,10 @@ class Registry:
 
     def dimension_records(self, element: str, *, refresh: bool = True) -> pl.DataFrame:
         """All records of one element as a frame (without the internal timestamp column)."""
-        if element not in UNIVERSE:
-            raise DimensionRecordError(f"unknown dimension element {element!r}")
+        if element not in ELEMENTS:
+            raise DimensionRecordError(
+                f"unknown dimension element {element!r}; known: {', '.join(ELEMENTS)}"
+            )
         table = self.records[element]
         state = table.refresh() if refresh else table.state
         return state.drop("timestamp")
@@ -455,7 +458,7 @@ class Registry:
     def get_record(self, element: str, data_id: Mapping[str, Any]) -> dict[str, Any] | None:
         """The record of ``element`` for a dataId, or None (refreshing once on a miss)."""
         table = self.records[element]
-        dim = UNIVERSE[element]
+        dim = ELEMENTS[element]
         key = tuple(data_id[element] if c == dim.key_field else data_id[c] for c in table.keys)
         record = self._index(element, refresh=False).get(key)
         if record is None:
@@ -521,7 +524,7 @@ class Registry:
         it changed. Do not close it. ``fresh=True`` gives a new connection the caller owns and
         may extend (``drp sql`` adds catalog views to it).
         """
-        names = list(DIMENSION_NAMES) + ["datasets"] if tables is None else list(tables)
+        names = [*ELEMENTS, "datasets"] if tables is None else list(tables)
         if fresh or self._con is None:
             con = duckdb.connect(
                 config={
@@ -529,17 +532,14 @@ class Registry:
                     "autoload_known_extensions": "false",
                 }
             )
-            for element in DIMENSION_NAMES:
+            for element, dim in ELEMENTS.items():
                 con.register(f"_rec_{element}", self.records[element].state.drop("timestamp"))
                 # A view whose key column carries the dimension's name, for natural joins.
-                key = UNIVERSE[element].key_field
-                con.execute(
-                    f'CREATE VIEW "{element}" AS SELECT "{key}" AS "{element}", * '
-                    f'FROM "_rec_{element}"'
-                )
+                alias = f'"{dim.key_field}" AS "{element}", ' if dim.key_field else ""
+                con.execute(f'CREATE VIEW "{element}" AS SELECT {alias}* FROM "_rec_{element}"')
             con.register("datasets", self.current_datasets(refresh=False))
             if fresh:
-                self._refresh_tables(con, list(DIMENSION_NAMES) + ["datasets"], {})
+                self._refresh_tables(con, [*ELEMENTS, "datasets"], {})
                 return con
             self._con, self._con_versions = con, {}
         self._refresh_tables(self._con, names, self._con_versions)

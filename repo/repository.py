@@ -32,12 +32,20 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from .dimensions import DIMENSION_NAMES, PARTITION_ORDER, UNIVERSE, DataId, DimensionGroup
+from .dimensions import (
+    DIMENSION_NAMES,
+    ELEMENTS,
+    PARTITION_ORDER,
+    UNIVERSE,
+    DataId,
+    DimensionGroup,
+)
 from .errors import (
     CollectionError,
     CorruptDatasetError,
     DatasetExistsError,
     DatasetNotFoundError,
+    DimensionRecordError,
     DrpError,
     RepositoryError,
     StorageError,
@@ -656,21 +664,22 @@ class Repository:
         self, element: str, *, where: str = "", binds: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """Records of one dimension element that satisfy ``where``."""
-        if element not in UNIVERSE:
-            raise CollectionError(
-                f"unknown dimension element {element!r}; known: {', '.join(DIMENSION_NAMES)}"
+        if element not in ELEMENTS:
+            raise DimensionRecordError(
+                f"unknown dimension element {element!r}; known: {', '.join(ELEMENTS)}"
             )
-        dim = UNIVERSE[element]
+        dim = ELEMENTS[element]
         node = parse_where(where)
+        own = (element,) if dim.key_field else ()
         columns = {
             n: Column(f'"{element}"."{n}"', UNIVERSE[n].dtype)
-            for n in (*dim.requires, element, *dim.implies)
+            for n in (*dim.requires, *own, *dim.implies)
         }
         for f in dim.fields:
             columns[f"{element}.{f.name}"] = Column(f'"{element}"."{f.name}"', f.dtype)
             columns.setdefault(f.name, columns[f"{element}.{f.name}"])
         where_sql, params = compile_where(node, columns, binds)
-        order = ", ".join(f'"{c}"' for c in (*dim.requires, element))
+        order = ", ".join(f'"{c}"' for c in (*dim.requires, *own))
         select = ", ".join(f'"{c}"' for c in dim.record_columns)
         con = self.registry.connection([element])
         cursor = con.execute(
@@ -833,7 +842,7 @@ def transfer(
     """
     for dataset_type in {ref.dataset_type for ref in refs}:
         dest.registry.register_dataset_type(dataset_type)
-    for element in DIMENSION_NAMES:
+    for element in ELEMENTS:
         records = source.registry.dimension_records(element).to_dicts()
         if records:
             dest.registry.insert_dimension_records(element, records)

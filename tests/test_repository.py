@@ -390,3 +390,21 @@ def test_arrow_and_polars_through_the_repository(repo):
     repo.put(frame, "tab", instrument="TestCam", visit=2, run="r")
     assert repo.get("tab", instrument="TestCam", visit=2).equals(frame)
     assert isinstance(Table, type)
+
+
+def test_visit_detector_regions_are_records(repo):
+    region = "[[150.0, 2.0], [150.1, 2.0], [150.1, 2.1], [150.0, 2.1]]"
+    repo.insert_dimension_records(
+        "visit_detector_region",
+        [{"instrument": "TestCam", "visit": 1, "detector": d, "region": region} for d in range(4)],
+    )
+    recs = repo.query_dimension_records("visit_detector_region", where="detector > 1")
+    assert [(r["visit"], r["detector"]) for r in recs] == [(1, 2), (1, 3)]
+    assert recs[0]["region"] == region
+    with pytest.raises(DimensionRecordError, match="conflicts"):
+        repo.insert_dimension_records(
+            "visit_detector_region",
+            [{"instrument": "TestCam", "visit": 1, "detector": 0, "region": "[]"}],
+        )
+    with pytest.raises(DimensionRecordError, match="unknown dimension element"):
+        repo.query_dimension_records("visits")
