@@ -112,56 +112,41 @@ def registered_psf_types() -> dict[str, type[Psf]]:
 def adaptive_sigma(kernel: np.ndarray, max_iter: int = 100, tol: float = 1e-9) -> float:
     """Gaussian-equivalent sigma of a centred kernel image from adaptive second moments.
 
-    Iterates an elliptical Gaussian weight ``W`` until its covariance equals twice the weighted
-    covariance of ``kernel * W`` (the fixed point at which a Gaussian PSF of covariance ``C`` is
-    weighted by itself); returns ``det(C)**0.25``. Falls back to unweighted moments if the
-    iteration leaves the kernel (a degenerate kernel).
+    Iterates an elliptical Gaussian weight of covariance ``C`` until ``C`` equals twice the
+    weighted covariance of ``kernel * weight`` (the fixed point at which a Gaussian PSF of
+    covariance ``C`` is weighted by itself); returns ``det(C)**0.25``. Starts from, and falls
+    back to, the unweighted moments if the weight degenerates.
     """
     ny, nx = kernel.shape
     yy, xx = np.mgrid[:ny, :nx]
     xx = xx - (nx - 1) / 2.0
     yy = yy - (ny - 1) / 2.0
-    total = kernel.sum()
-    cov = (
-        np.array(
-            [
-                [(kernel * xx * xx).sum(), (kernel * xx * yy).sum()],
-                [(kernel * xx * yy).sum(), (kernel * yy * yy).sum()],
-            ]
-        )
-        / total
-    )
-    unweighted = cov.copy()
+    unweighted = _covariance(kernel, xx, yy)
+    cov = unweighted
     for _ in range(max_iter):
-        if np.linalg.det(cov) <= 0:
+        if not np.linalg.det(cov) > 0:
             cov = unweighted
             break
         inv = np.linalg.inv(cov)
-        weight = kernel * np.exp(
-            -0.5 * (inv[0, 0] * xx * xx + 2 * inv[0, 1] * xx * yy + inv[1, 1] * yy * yy)
-        )
-        wsum = weight.sum()
-        if wsum <= 0:
-            cov = unweighted
-            break
-        new = (
-            2.0
-            * np.array(
-                [
-                    [(weight * xx * xx).sum(), (weight * xx * yy).sum()],
-                    [(weight * xx * yy).sum(), (weight * yy * yy).sum()],
-                ]
-            )
-            / wsum
-        )
-        done = np.abs(new - cov).max() <= tol * np.abs(cov).max()
+        quad = inv[0, 0] * xx * xx + 2.0 * inv[0, 1] * xx * yy + inv[1, 1] * yy * yy
+        new = 2.0 * _covariance(kernel * np.exp(-0.5 * quad), xx, yy)
+        converged = np.abs(new - cov).max() <= tol * np.abs(cov).max()
         cov = new
-        if done:
+        if converged:
             break
     det = np.linalg.det(cov)
     if not det > 0:
         raise ValueError("PSF kernel has no positive second moments")
     return float(det**0.25)
+
+
+def _covariance(weights: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """The 2x2 second-moment matrix of ``weights`` about the grid centre."""
+    total = weights.sum()
+    if not total > 0:
+        return np.zeros((2, 2))
+    xy = (weights * xx * yy).sum()
+    return np.array([[(weights * xx * xx).sum(), xy], [xy, (weights * yy * yy).sum()]]) / total
 
 
 def _normalized(kernel: np.ndarray) -> np.ndarray:
@@ -303,7 +288,7 @@ class PsfexPsf(Psf):
     Parameters
     ----------
     basis : numpy.ndarray
-        ``(nterms, ny, nx)`` basis images.
+        ``(nterms, ny, nx)`` basis images (stored as float32, as in PSFEx files).
     polzero, polscal : tuple of float
         Polynomial offsets and scales of (x, y), PSFEx ``POLZERO1/2`` and ``POLSCAL1/2``.
     poldeg : int
@@ -325,8 +310,7 @@ class PsfexPsf(Psf):
         psf_samp: float = 1.0,
         psf_fwhm: float | None = None,
     ) -> None:
-        basis = np.asarray(basis)
-        basis = basis.astype(basis.dtype.newbyteorder("="), copy=True)
+        basis = np.array(basis, dtype=np.float32)  # PSFEx's type; native byte order
         if basis.ndim == 2:
             basis = basis[np.newaxis]
         nterms = (poldeg + 1) * (poldeg + 2) // 2
@@ -480,7 +464,7 @@ class PsfexPsf(Psf):
             name="PSF_MASK",
             format=f"{nterms * ny * nx}E",
             dim=f"({nx},{ny},{nterms})",
-            array=self.basis.astype(np.float32)[np.newaxis],
+            array=self.basis[np.newaxis],
         )
         hdu = fits.BinTableHDU.from_columns([column], name="PSF")
         header = hdu.header
@@ -505,10 +489,7 @@ class PsfexPsf(Psf):
 
     @classmethod
     def _from_hdus(cls, hdus: Sequence[Any]) -> PsfexPsf:
-        psf = cls.from_hdulist(fits.HDUList([fits.PrimaryHDU(), *hdus]), source="PSF HDU")
-        if psf.basis.dtype != np.float32:
-            raise CorruptDatasetError(f"PSF: PSFEX basis must be float32, got {psf.basis.dtype}")
-        return psf
+        return cls.from_hdulist(fits.HDUList([fits.PrimaryHDU(), *hdus]), source="PSF HDU")
 
 
 def _select_psfex_row(

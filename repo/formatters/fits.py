@@ -30,7 +30,8 @@ whose case is kept. Values round-trip exactly with their type: ``bool``, ``int``
 which FITS headers cannot hold, are written as the strings ``'NaN'``, ``'Infinity'``,
 ``'-Infinity'`` with the comment ``drp: non-finite float``) and ``str`` (printable ASCII without
 trailing spaces, which FITS drops; long strings use the ``CONTINUE`` convention, announced with
-``LONGSTRN``). Keys that differ only in case, and the reserved keywords of the layout, are refused.
+``LONGSTRN``). Every card is parsed back before it is written, and anything that would not read
+back identically (e.g. a long string ending in ``&``) is refused. Keys that differ only in case, and the reserved keywords of the layout, are refused.
 
 Image file (``DRPTYPE = 'Image'``): the array in the primary HDU, any dtype FITS can hold exactly
 (int8 to uint64, float32, float64; unsigned and int8 through ``BZERO``), with an optional header
@@ -50,7 +51,7 @@ import io
 import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -163,10 +164,21 @@ def metadata_cards(metadata: Mapping[str, MetadataValue], what: str) -> list[fit
             )
         seen[folded] = key
         try:
-            cards.append(_metadata_card(key, value, what))
+            card = _metadata_card(key, value, what)
         except ValueError as exc:
             raise FormatterError(f"{what} {key!r}: {exc}") from exc
+        if not _reads_back(card, key, value):
+            raise FormatterError(f"{what} {key!r}: {value!r:.80} cannot be stored exactly in FITS")
+        cards.append(card)
     return cards
+
+
+def _reads_back(card: fits.Card, key: str, value: Any) -> bool:
+    """Whether the written card image parses back to the same key, type and value."""
+    back_key, back = _card_item(fits.Card.fromstring(card.image))
+    if back_key != key or type(back) is not type(value):
+        return False
+    return repr(back) == repr(value)  # exact for floats (and NaN, -0.0)
 
 
 def _check_metadata_key(key: object, what: str) -> None:
@@ -207,21 +219,25 @@ def _metadata_card(key: str, value: Any, what: str) -> fits.Card:
     )
 
 
-def metadata_from_header(header: fits.Header, skip: Iterable[str] = ()) -> dict[str, Any]:
-    """Read metadata cards back: every valued card except structural, reserved and ``skip``."""
-    skipped = {k.upper() for k in skip} | _RESERVED
+def _card_item(card: fits.Card) -> tuple[str, Any]:
+    """The (key, value) a metadata card stands for."""
+    key, value = card.keyword, card.value
+    if card.field_specifier is not None:  # astropy read 'KEY = "a.b: 1"' as a record card
+        key, value = card.rawkeyword, card.rawvalue
+    if isinstance(value, str) and card.comment == _NONFINITE_COMMENT:
+        value = _NONFINITE_TEXT.get(value, value)
+    return key, value
+
+
+def metadata_from_header(header: fits.Header) -> dict[str, Any]:
+    """Read metadata cards back: every valued card except the structural and reserved ones."""
     metadata: dict[str, Any] = {}
     for card in header.cards:
-        key, value = card.keyword, card.value
-        if card.field_specifier is not None:  # astropy read 'KEY = "a.b: 1"' as a record card
-            key, value = card.rawkeyword, card.rawvalue
-        if key.upper() in skipped or key.upper().startswith("NAXIS"):
+        key, value = _card_item(card)
+        if key.upper() in _RESERVED or key.upper().startswith("NAXIS"):
             continue
-        if isinstance(value, fits.card.Undefined):
-            continue
-        if isinstance(value, str) and card.comment == _NONFINITE_COMMENT:
-            value = _NONFINITE_TEXT.get(value, value)
-        metadata[key] = value
+        if not isinstance(value, fits.card.Undefined):
+            metadata[key] = value
     return metadata
 
 
