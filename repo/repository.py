@@ -149,6 +149,7 @@ class Repository:
         self.registry = Registry(self.storage)
         self._pending: list[dict[str, Any]] | None = None
         self._written: list[str] = []
+        self._overwritten: list[DatasetRef] = []
 
     @classmethod
     def create(
@@ -242,7 +243,7 @@ class Repository:
         if self._pending is not None:
             yield  # nested: the outer transaction commits
             return
-        self._pending, self._written = [], []
+        self._pending, self._written, self._overwritten = [], [], []
         try:
             yield
             self.registry.commit_datasets(self._pending)
@@ -250,9 +251,13 @@ class Repository:
             for relpath in self._written:
                 with contextlib.suppress(DrpError):
                     self.storage.delete(relpath)
+            if self._overwritten:
+                # their old content was replaced and is now deleted: forget them too, so that
+                # no record is ever left without its file
+                self.remove_datasets(self._overwritten)
             raise
         finally:
-            self._pending, self._written = None, []
+            self._pending, self._written, self._overwritten = None, [], []
 
     def put(
         self,
@@ -313,9 +318,13 @@ class Repository:
         exists = False
         if link_from is not None:
             exists = self.storage.exists(ref.path)
+        elif mode == "overwrite":
+            if self._pending is not None and self.storage.exists(ref.path):
+                self._overwritten.append(ref)
+            self.storage.put_bytes(ref.path, data)
         else:
             try:
-                self.storage.put_bytes(ref.path, data, exclusive=mode != "overwrite")
+                self.storage.put_bytes(ref.path, data, exclusive=True)
             except FileExistsError:
                 exists = True
         if exists:
@@ -786,6 +795,8 @@ class Repository:
                 if checksums:
                     data = self._read_bytes(ref)
                     size = len(data)
+                elif "://" in ref.path:
+                    data, size = None, len(self._read_external(ref.path))
                 else:
                     data, size = None, self.storage.size(ref.path)
             except StorageError:

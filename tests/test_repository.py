@@ -408,3 +408,15 @@ def test_visit_detector_regions_are_records(repo):
         )
     with pytest.raises(DimensionRecordError, match="unknown dimension element"):
         repo.query_dimension_records("visits")
+
+
+def test_overwrite_inside_a_failed_transaction_leaves_no_dangling_record(repo):
+    did = {"instrument": "TestCam", "visit": 1, "detector": 0}
+    repo.put(small_catalog(1), "src", did, run="r")
+    repo.put(small_catalog(2), "src", {**did, "detector": 1}, run="r")
+    with pytest.raises(RuntimeError), repo.transaction():
+        repo.put(small_catalog(3), "src", did, run="r", mode="overwrite")
+        raise RuntimeError("stage failed after overwriting")
+    # the overwritten content is gone, and so is its record; the other dataset is untouched
+    assert [r.data_id["detector"] for r in repo.query_datasets("src")] == [1]
+    assert repo.verify().ok
