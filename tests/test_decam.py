@@ -479,6 +479,16 @@ def test_ingest_items_build_the_exposures(cp_files, triplets):
         assert item.sources == (triplet.image, triplet.weight, triplet.dq)
         assert item.records["visit"][0]["id"] == triplet.visit
         assert item.records["day_obs"][0]["id"] == item.records["visit"][0]["day_obs"]
+        (footprint,) = item.records["visit_detector_region"]
+        assert (footprint["visit"], footprint["detector"]) == (triplet.visit, triplet.detector)
+        region = ConvexPolygon.from_json(footprint["region"])
+        exposure = read_cp_triplet(triplet)
+        ny, nx = exposure.shape
+        yy, xx = np.mgrid[0:ny:10, 0:nx:10]
+        assert np.all(region.contains(*exposure.wcs.pixel_to_world_values(xx, yy)))
+        assert region.area_sr * (180 / math.pi * 3600) ** 2 == pytest.approx(
+            nx * ny * 0.2639**2, rel=0.02
+        )
     exposure = items[0].make()
     assert np.array_equal(exposure.image, read_cp_triplet(triplets[0]).image)
 

@@ -322,12 +322,22 @@ class DECam(Instrument):
         return _focal_plane_to_sky(self.detector(detector).corners_px(), ra, dec)
 
     def ingest_items(self, paths: Sequence[str]) -> list[IngestItem]:
-        """One ``instcal`` Exposure per CP triplet (image + weight + dq) and CCD."""
+        """One ``instcal`` Exposure per CP triplet (image + weight + dq) and CCD.
+
+        Each item carries the ``day_obs`` and ``visit`` records and the CCD's
+        ``visit_detector_region`` (its corners through the CP WCS).
+        """
         items = []
         for triplet in group_cp_files(paths):
             primary, ext = _read_headers(triplet.image, triplet.extname)
             info = _translate(self, primary, ext, triplet.image)
             day_obs = {"instrument": self.name, "id": info["day_obs"]}
+            footprint = {
+                "instrument": self.name,
+                "visit": info["visit"],
+                "detector": info["detector"],
+                "region": json.dumps(_image_footprint(ext, triplet.image, triplet.extname)),
+            }
             items.append(
                 IngestItem(
                     dataset_type=INSTCAL_DATASET_TYPE,
@@ -338,12 +348,27 @@ class DECam(Instrument):
                         "visit": info["visit"],
                         "detector": info["detector"],
                     },
-                    records={"day_obs": [day_obs], "visit": [info["visit_record"]]},
+                    records={
+                        "day_obs": [day_obs],
+                        "visit": [info["visit_record"]],
+                        "visit_detector_region": [footprint],
+                    },
                     make=partial(read_cp_triplet, triplet),
                     sources=(triplet.image, triplet.weight, triplet.dq),
                 )
             )
         return items
+
+
+def _image_footprint(ext: fits.Header, path: str, extname: str) -> list[list[float]]:
+    """Sky corners ``[[ra, dec], ...]`` of a CCD image (pixel edges) from its CP WCS."""
+    nx, ny = ext.get("NAXIS1"), ext.get("NAXIS2")
+    if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0):
+        raise DrpError(f"{path}[{extname}]: no image size (NAXIS1/NAXIS2) in the header")
+    x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
+    y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+    ra, dec = _read_wcs(ext, path, extname).pixel_to_world_values(x, y)
+    return [[float(a), float(d)] for a, d in zip(ra, dec, strict=True)]
 
 
 def _focal_plane_to_sky(points_px: np.ndarray, ra: float, dec: float) -> list[list[float]]:
