@@ -100,3 +100,40 @@ def test_storage_options_parsing():
         parse_storage_options(["novalue"])
     with pytest.raises(StorageError, match="unsupported storage protocol"):
         Storage("ftp://host/x")
+
+
+AUTH_MOTO = """
+import logging, os, sys
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # moto then checks credentials like AWS does
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("%s:%d" % server.get_host_and_port(), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_s3_permission_denied_is_a_clear_error():
+    """Against an S3 server that checks credentials, unknown keys give 'permission denied'."""
+    import subprocess
+    import sys
+
+    from repo.repository import Repository
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AUTH_MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        endpoint = "http://" + proc.stdout.readline().strip()
+        options = {"endpoint_url": endpoint, "key": "nobody", "secret": "wrong"}
+        storage = Storage("s3://bucket/repo", options)
+        with pytest.raises(
+            StorageError, match=r"s3://bucket/repo/a/b: permission denied \(write\)"
+        ):
+            storage.put_bytes("a/b", b"x")
+        with pytest.raises(StorageError, match="permission denied"):
+            Repository("s3://bucket/repo", options)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
