@@ -162,6 +162,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
             _f("mjd", "float", "start of the exposure, MJD (UTC)"),
             _f("airmass", "float", "airmass at the start of the exposure"),
             _f("target", "str", "target or field name"),
+            _f("observation_type", "str", "science, bias, dark or flat"),
             _REGION,
         ),
         "One exposure of the whole camera.",
