@@ -186,7 +186,9 @@ def test_translation_of_all_six_exposures(triplets, survey_ccds):
         assert set(visit) == {
             "instrument", "id", "physical_filter", "band", "day_obs", "exposure_time", "ra",
             "dec", "rotation_angle", "datetime_begin", "mjd", "airmass", "target", "region",
+            "observation_type",
         }  # fmt: skip
+        assert visit["observation_type"] == "science" and primary["OBSTYPE"].strip() == "object"
         assert info["detector_record"]["name"] == detpos
         assert info["detector_record"]["id"] == ccdnum
 
@@ -208,6 +210,7 @@ def test_observing_night_rolls_over_at_local_noon():
         ("primary", "DATE-OBS", "yesterday", "DATE-OBS 'yesterday'"),
         ("primary", "EXPTIME", "long", "EXPTIME must be a number"),
         ("ext", "CCDNUM", 63, "63 is not a DECam science CCD"),
+        ("primary", "OBSTYPE", "focus", "unknown DECam OBSTYPE 'focus'"),
         ("ext", "DETPOS", "N4", "CCDNUM 28 is S4 but the header says DETPOS='N4'"),
     ],
 )

@@ -293,6 +293,7 @@ class DECam(Instrument):
             "mjd": float(primary["MJD-OBS"]) if "MJD-OBS" in primary else float(start.mjd),
             "airmass": _float_key(primary, "AIRMASS"),
             "target": str(primary.get("OBJECT", "")).strip(),
+            "observation_type": _observation_type(primary),
             "region": json.dumps(self.visit_region(ra, dec)),
         }
         detector_record = next(r for r in self.detector_records() if r["id"] == ccdnum)
@@ -387,6 +388,17 @@ def observing_night(start: Time) -> int:
     date at the preceding noon."""
     local = start.to_datetime() + timedelta(hours=CTIO_LONGITUDE_DEG / 15.0 - 12.0)
     return local.year * 10000 + local.month * 100 + local.day
+
+
+def _observation_type(primary: fits.Header) -> str:
+    """science, bias, dark or flat, from DECam's OBSTYPE (object, zero, dark, dome flat)."""
+    obstype = str(primary.get("OBSTYPE", "object")).strip().lower()
+    kinds = {"object": "science", "zero": "bias", "bias": "bias", "dark": "dark"}
+    if obstype in kinds:
+        return kinds[obstype]
+    if "flat" in obstype:
+        return "flat"
+    raise DimensionRecordError(f"unknown DECam OBSTYPE {obstype!r}")
 
 
 def _start_time(primary: fits.Header) -> Time:
