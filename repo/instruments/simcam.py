@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,11 +53,22 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from ..dimensions import ELEMENTS
 from ..errors import DrpError, InvalidDataIdError
-from .base import Instrument
+from .base import IngestItem, Instrument
 
 #: AB magnitude of a flux of 1 nJy.
 AB_NJY_ZERO_POINT = 31.4
+#: Dataset type of SimCam raw files.
+RAW_DATASET_TYPE = "raw"
+#: Raw OBSTYPE -> ``observation_type`` of the visit record.
+OBSERVATION_TYPES = {"object": "science", "bias": "bias", "dark": "dark", "flat": "flat"}
+
+
+def dimension_record(element: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The values that are fields of a dimension element's records (others are dropped)."""
+    columns = set(ELEMENTS[element].record_columns)
+    return {k: v for k, v in values.items() if k in columns}
 
 
 @dataclass(frozen=True)
@@ -711,41 +723,104 @@ class SimCam(Instrument):
 
     # ----------------------------------------------------------------- header translation
     def data_id_from_header(self, header: fits.Header) -> dict[str, Any]:
-        """dataId values of a SimCam raw from its primary header."""
-        if header.get("INSTRUME") != self.name:
+        """dataId (instrument, visit, detector) of a SimCam raw from its primary header.
+
+        Calibration exposures are visits too (``observation_type`` bias, dark or flat).
+        """
+        if not self.matches_header(header):
             raise DrpError(f"not a SimCam header (INSTRUME={header.get('INSTRUME')!r})")
-        data_id: dict[str, Any] = {
-            "instrument": self.name,
-            "detector": int(header["CCDNUM"]),
-            "day_obs": int(header["DAYOBS"]),
-        }
-        if header.get("OBSTYPE") == "object":
-            data_id["visit"] = int(header["EXPNUM"])
-            data_id["physical_filter"] = header["FILTER"]
-            data_id["band"] = self.filter(header["FILTER"]).band
-        return data_id
+        try:
+            return {
+                "instrument": self.name,
+                "visit": int(header["EXPNUM"]),
+                "detector": int(header["CCDNUM"]),
+            }
+        except KeyError as exc:
+            raise DrpError(f"SimCam header lacks {exc.args[0]}") from None
 
     def visit_record_from_header(self, header: fits.Header) -> dict[str, Any]:
-        """The ``visit`` dimension record of a SimCam science raw from its primary header."""
-        if header.get("OBSTYPE") != "object":
-            raise DrpError(
-                f"exposure {header.get('EXPNUM')} is a {header.get('OBSTYPE')}, not a visit"
-            )
-        return {
+        """The ``visit`` dimension record of a SimCam raw from its primary header.
+
+        Science exposures carry the reported pointing and the camera footprint as region;
+        calibration exposures have no pointing, airmass or region.
+        """
+        obstype = header.get("OBSTYPE")
+        if obstype not in OBSERVATION_TYPES:
+            raise DrpError(f"SimCam raw {header.get('EXPNUM')} has unknown OBSTYPE {obstype!r}")
+        values: dict[str, Any] = {
             "instrument": self.name,
             "id": int(header["EXPNUM"]),
             "physical_filter": header["FILTER"],
             "band": self.filter(header["FILTER"]).band,
             "day_obs": int(header["DAYOBS"]),
             "exposure_time": float(header["EXPTIME"]),
-            "ra": float(header["RA"]),
-            "dec": float(header["DEC"]),
-            "rotation_angle": float(header["ROTANGLE"]),
             "datetime_begin": header["DATE-OBS"],
             "mjd": float(header["MJD-OBS"]),
-            "airmass": float(header["AIRMASS"]),
             "target": header["OBJECT"],
-            "region": json.dumps(
-                self.footprint(float(header["RA"]), float(header["DEC"]), float(header["ROTANGLE"]))
-            ),
+            "observation_type": OBSERVATION_TYPES[obstype],
         }
+        if obstype == "object":
+            pointing = float(header["RA"]), float(header["DEC"]), float(header["ROTANGLE"])
+            values.update(
+                ra=pointing[0],
+                dec=pointing[1],
+                rotation_angle=pointing[2],
+                airmass=float(header["AIRMASS"]),
+                region=json.dumps([list(p) for p in self.footprint(*pointing)]),
+            )
+        return dimension_record("visit", values)
+
+    def detector_region(
+        self, detector: int, ra: float, dec: float, rotation: float
+    ) -> list[list[float]]:
+        """Sky corners ``[[ra, dec], ...]`` (deg) of a detector's pixel edges for a pointing."""
+        det = self.detector(detector)
+        x = [-0.5, det.nx - 0.5, det.nx - 0.5, -0.5]
+        y = [-0.5, -0.5, det.ny - 0.5, det.ny - 0.5]
+        ras, decs = self.pixel_to_sky(det.id, x, y, ra, dec, rotation)
+        return [[float(a), float(d)] for a, d in zip(ras, decs, strict=True)]
+
+    def ingest_items(self, paths: Sequence[str]) -> list[IngestItem]:
+        """One ``raw`` dataset (storage class ``Fits``, kept as it is) per SimCam raw file.
+
+        Each item carries the ``day_obs`` and ``visit`` records and, for science exposures, the
+        detector's ``visit_detector_region`` (through the reported pointing).
+        """
+        items = []
+        for path in paths:
+            try:
+                header = fits.getheader(path, 0)
+            except (OSError, ValueError) as exc:
+                raise DrpError(f"cannot read the primary header of {path}: {exc}") from None
+            if not self.matches_header(header):
+                raise DrpError(f"{path} is not a SimCam raw (INSTRUME={header.get('INSTRUME')!r})")
+            data_id = self.data_id_from_header(header)
+            self.detector(data_id["detector"])
+            visit = self.visit_record_from_header(header)
+            records: dict[str, list[dict[str, Any]]] = {
+                "day_obs": [{"instrument": self.name, "id": visit["day_obs"]}],
+                "visit": [visit],
+            }
+            if header["OBSTYPE"] == "object":
+                corners = self.detector_region(
+                    data_id["detector"], header["RA"], header["DEC"], header["ROTANGLE"]
+                )
+                records["visit_detector_region"] = [
+                    {
+                        "instrument": self.name,
+                        "visit": data_id["visit"],
+                        "detector": data_id["detector"],
+                        "region": json.dumps(corners),
+                    }
+                ]
+            items.append(
+                IngestItem(
+                    dataset_type=RAW_DATASET_TYPE,
+                    dimensions=("instrument", "visit", "detector"),
+                    storage_class="Fits",
+                    data_id=data_id,
+                    records=records,
+                    source=path,
+                )
+            )
+        return items

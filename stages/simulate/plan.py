@@ -28,7 +28,12 @@ from astropy.table import Table
 from astropy.time import Time
 
 from repo.errors import DrpError, InvalidDataIdError
-from repo.instruments.simcam import AB_NJY_ZERO_POINT, SimCam, inverse_gnomonic
+from repo.instruments.simcam import (
+    AB_NJY_ZERO_POINT,
+    SimCam,
+    dimension_record,
+    inverse_gnomonic,
+)
 
 from .config import SurveyConfig, survey_rng
 
@@ -112,11 +117,16 @@ class Visit:
 
 @dataclass(frozen=True)
 class CalibrationExposure:
-    """One calibration exposure (bias, dark or flat; flats have a band)."""
+    """One calibration exposure: a bias, dark or flat.
+
+    ``physical_filter`` and ``band`` name the filter in the beam: the flat's band for a flat, the
+    first survey band for biases and darks (whose shutter stays closed).
+    """
 
     id: int
     kind: str
-    band: str | None
+    physical_filter: str
+    band: str
     index: int
     day_obs: int
     seq: int
@@ -160,29 +170,56 @@ class SurveyPlan:
         return self.camera.field_radius_arcsec * (1.0 + self.config.dither_fraction)
 
     def visit_records(self) -> list[dict]:
-        """``visit`` dimension records (reported pointing; the region is the camera footprint)."""
+        """``visit`` dimension records of the science visits, as ingest makes them from raws.
+
+        The pointing is the reported one; the region is the camera footprint.
+        """
         records = []
         for v in self.visits:
             footprint = self.camera.footprint(v.ra, v.dec, v.rotation_angle)
-            records.append(
-                {
-                    "instrument": self.camera.name,
-                    "id": v.id,
-                    "physical_filter": v.physical_filter,
-                    "band": v.band,
-                    "day_obs": v.day_obs,
-                    "exposure_time": v.exposure_time,
-                    "ra": v.ra,
-                    "dec": v.dec,
-                    "rotation_angle": v.rotation_angle,
-                    "datetime_begin": v.datetime_begin,
-                    "mjd": v.mjd,
-                    "airmass": v.airmass,
-                    "target": v.target,
-                    "region": json.dumps([list(p) for p in footprint]),
-                }
-            )
+            values = {
+                "instrument": self.camera.name,
+                "id": v.id,
+                "physical_filter": v.physical_filter,
+                "band": v.band,
+                "day_obs": v.day_obs,
+                "exposure_time": v.exposure_time,
+                "ra": v.ra,
+                "dec": v.dec,
+                "rotation_angle": v.rotation_angle,
+                "datetime_begin": v.datetime_begin,
+                "mjd": v.mjd,
+                "airmass": v.airmass,
+                "target": v.target,
+                "observation_type": "science",
+                "region": json.dumps([list(p) for p in footprint]),
+            }
+            records.append(dimension_record("visit", values))
         return records
+
+    def calibration_records(self) -> list[dict]:
+        """``visit`` records of the calibration exposures (no pointing, airmass or region)."""
+        records = []
+        for cal in self.calibrations:
+            values = {
+                "instrument": self.camera.name,
+                "id": cal.id,
+                "physical_filter": cal.physical_filter,
+                "band": cal.band,
+                "day_obs": cal.day_obs,
+                "exposure_time": cal.exposure_time,
+                "datetime_begin": cal.datetime_begin,
+                "mjd": cal.mjd,
+                "target": cal.kind,
+                "observation_type": cal.kind,
+            }
+            records.append(dimension_record("visit", values))
+        return records
+
+    def day_obs_records(self) -> list[dict]:
+        """``day_obs`` dimension records of every night with an exposure."""
+        nights = sorted({v.day_obs for v in self.visits} | {c.day_obs for c in self.calibrations})
+        return [{"instrument": self.camera.name, "id": night} for night in nights]
 
     def conditions_table(self) -> Table:
         """One row per visit: id, band, mjd, airmass and every :class:`VisitConditions` field."""
@@ -246,9 +283,11 @@ def make_plan(config: SurveyConfig) -> SurveyPlan:
         delta = (config.ra + hour_angle - local_sidereal_time(night)) % 360.0
         start = night + delta / 360.98564736629
         for k, band in enumerate(config.bands):
-            mjd = start + k * (config.exposure_time + OVERHEAD_S) / 86400.0
+            mjd = float(start + k * (config.exposure_time + OVERHEAD_S) / 86400.0)
             visits.append(_make_visit(config, camera, epoch, k + 1, band, mjd))
-    calibrations = _make_calibrations(config, evening - 4.0 / 24.0, _day_obs(night_starts[0]))
+    calibrations = _make_calibrations(
+        config, camera, evening - 4.0 / 24.0, _day_obs(night_starts[0])
+    )
     return SurveyPlan(config, camera, tuple(visits), calibrations)
 
 
@@ -328,20 +367,22 @@ def _make_visit(
 
 
 def _make_calibrations(
-    config: SurveyConfig, start: float, day_obs: int
+    config: SurveyConfig, camera: SimCam, start: float, day_obs: int
 ) -> tuple[CalibrationExposure, ...]:
-    kinds: list[tuple[str, str | None, int, float]] = []
-    kinds += [("bias", None, i, 0.0) for i in range(config.n_bias)]
-    kinds += [("dark", None, i, config.dark_time) for i in range(config.n_dark)]
+    first = config.bands[0]
+    kinds: list[tuple[str, str, int, float]] = []
+    kinds += [("bias", first, i, 0.0) for i in range(config.n_bias)]
+    kinds += [("dark", first, i, config.dark_time) for i in range(config.n_dark)]
     kinds += [("flat", b, i, 5.0) for b in config.bands for i in range(config.n_flat)]
     out = []
-    mjd = start
+    mjd = float(start)
     for n, (kind, band, index, exptime) in enumerate(kinds):
         seq = 501 + n
         out.append(
             CalibrationExposure(
                 id=day_obs * 1000 + seq,
                 kind=kind,
+                physical_filter=camera.filter(band).name,
                 band=band,
                 index=index,
                 day_obs=day_obs,

@@ -14,6 +14,7 @@ from typing import Any
 import galsim
 import numpy as np
 
+from repo.errors import DrpError
 from repo.instruments.simcam import SimCam, rotate_ellipticity
 
 from .plan import Visit
@@ -107,7 +108,7 @@ def psf_image(
 ) -> np.ndarray:
     """The true PSF at a position as a pixelized, centred, unit-sum image (odd ``size``)."""
     if size % 2 == 0:
-        raise ValueError(f"psf_image size must be odd, got {size}")
+        raise DrpError(f"psf_image size must be odd, got {size}")
     image = psf_at(camera, visit, detector, x, y).drawImage(nx=size, ny=size, scale=1.0)
     array = image.array.astype(float)
     return array / array.sum()

@@ -29,8 +29,8 @@ OBJECT   target name (science), else the OBSTYPE
 DATE-OBS start of the exposure (ISO 8601, UTC); TIMESYS = ``UTC``
 MJD-OBS  start of the exposure (MJD, UTC)
 EXPTIME  exposure time (s); DARKTIME: dark-current integration time (s)
-FILTER   physical filter (``SimCam-r``); ``none`` for biases and darks
-BAND     band (``r``); ``none`` for biases and darks
+FILTER   physical filter in the beam (``SimCam-r``; biases and darks: the first survey band's)
+BAND     band of FILTER (``r``)
 RA, DEC  telescope boresight as reported (deg, ICRS; science only)
 ROTANGLE sky position angle of the focal-plane +Y axis (deg east of north; science only)
 AIRMASS  airmass at the start (science only); ZD: zenith distance (deg)
@@ -147,10 +147,9 @@ def _primary_header(
     detector: int,
     exposure: Visit | CalibrationExposure,
     obstype: str,
-    band: str | None,
 ) -> fits.Header:
     det = camera.detector(detector)
-    filt = camera.filter(band) if band else None
+    filt = camera.filter(exposure.band)
     exptime = exposure.exposure_time
     hdr = fits.Header()
     hdr["ORIGIN"] = ("drp.simulate", "software that wrote the file")
@@ -176,8 +175,8 @@ def _primary_header(
     hdr["MJD-OBS"] = (exposure.mjd, "start of the exposure (MJD, UTC)")
     hdr["EXPTIME"] = (float(exptime), "[s] exposure time")
     hdr["DARKTIME"] = (float(exptime), "[s] dark-current integration time")
-    hdr["FILTER"] = (filt.name if filt else "none", "physical filter")
-    hdr["BAND"] = (filt.band if filt else "none", "band")
+    hdr["FILTER"] = (filt.name, "physical filter in the beam")
+    hdr["BAND"] = (filt.band, "band of FILTER")
     if isinstance(exposure, Visit):
         hdr["RA"] = (exposure.ra, "[deg] telescope boresight right ascension")
         hdr["DEC"] = (exposure.dec, "[deg] telescope boresight declination")
@@ -279,7 +278,7 @@ def simulate_raw(
         camera, detector, signal.electrons, survey_rng(seed, "readout", visit.id, detector)
     )
     c = visit.conditions
-    primary = _primary_header(camera, detector, visit, "object", visit.band)
+    primary = _primary_header(camera, detector, visit, "object")
     # The approximate WCS: reported pointing and rotation, the camera's distortion.
     wcs = camera.wcs_header(detector, visit.ra, visit.dec, visit.rotation_angle)
     hdus = fits.HDUList(
@@ -354,7 +353,7 @@ def simulate_calibration_frames(
     images = read_out(
         camera, detector, signal.electrons, survey_rng(seed, "readout", exposure.id, detector)
     )
-    primary = _primary_header(camera, detector, exposure, kind, exposure.band)
+    primary = _primary_header(camera, detector, exposure, kind)
     return fits.HDUList(
         [fits.PrimaryHDU(header=primary), *_amplifier_hdus(camera, detector, images, None)]
     )

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 
+from repo.errors import DrpError
 from repo.instruments.simcam import AB_NJY_ZERO_POINT, gnomonic, inverse_gnomonic
 
 from .config import SurveyConfig, survey_rng
@@ -245,21 +246,24 @@ def _make_galaxies(config: SurveyConfig, radius: float, area: float) -> Table:
 
 
 def _make_transients(config: SurveyConfig, plan: SurveyPlan, galaxies: Table) -> Table:
+    """Transients near hosts within 60% of the field radius (r < 22.5 preferred)."""
     rng = survey_rng(config.seed, "transients")
-    hosts = np.flatnonzero((galaxies["mag_r"] > 19.5) & (galaxies["mag_r"] < 21.5))
-    near = np.hypot(*gnomonic(galaxies["ra"][hosts], galaxies["dec"][hosts], config.ra, config.dec))
-    hosts = hosts[near * 3600.0 < 0.6 * plan.camera.field_radius_arcsec]
-    n = min(config.n_transients, hosts.size)
-    chosen = rng.choice(hosts, size=n, replace=False) if n else np.array([], int)
+    n = config.n_transients
+    xi, eta = gnomonic(galaxies["ra"], galaxies["dec"], config.ra, config.dec)
+    near = np.hypot(xi, eta) * 3600.0 < 0.6 * plan.camera.field_radius_arcsec
+    hosts = np.flatnonzero(near & (galaxies["mag_r"] < 22.5))
+    if hosts.size == 0 and near.any():
+        hosts = np.flatnonzero(near)[[np.argmin(galaxies["mag_r"][near])]]
+    if hosts.size == 0:
+        raise DrpError("no galaxy near the field centre to host a transient; set n_transients=0")
+    chosen = rng.choice(hosts, size=n, replace=hosts.size < n) if n else np.array([], int)
     mjds = np.array([v.mjd for v in plan.visits])
     span = mjds.max() - mjds.min()
     host = galaxies[chosen]
     offset = host["disk_hlr"] * rng.uniform(0.3, 1.0, n) / 3600.0
     phi = rng.uniform(0.0, 2.0 * math.pi, n)
-    xi, eta = gnomonic(host["ra"], host["dec"], config.ra, config.dec)
-    ra, dec = inverse_gnomonic(
-        xi + offset * np.cos(phi), eta + offset * np.sin(phi), config.ra, config.dec
-    )
+    xi, eta = xi[chosen] + offset * np.cos(phi), eta[chosen] + offset * np.sin(phi)
+    ra, dec = inverse_gnomonic(xi, eta, config.ra, config.dec)
     peak_r = rng.uniform(19.5, 20.5, n)
     table = Table(
         {

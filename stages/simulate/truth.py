@@ -202,7 +202,7 @@ def visit_sources(
         )
     )
     blocks.append(_asteroid_block(camera, sky, visit, detector))
-    table = vstack([b for b in blocks if len(b)], metadata_conflicts="silent")
+    table = vstack(blocks, metadata_conflicts="silent")
     c = visit.conditions
     x, y = camera.sky_to_pixel(
         detector, table["ra"], table["dec"], c.true_ra, c.true_dec, c.true_rotation
@@ -227,8 +227,6 @@ def visit_sources(
 
 def _asteroid_block(camera: SimCam, sky: SkyModel, visit: Visit, detector: int) -> Table:
     ast = sky.asteroids
-    if not len(ast):
-        return Table()
     c = visit.conditions
     pointing = (c.true_ra, c.true_dec, c.true_rotation)
     ra, dec = asteroid_positions(ast, visit.mjd_mid)
