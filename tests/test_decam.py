@@ -3,6 +3,7 @@ test case 6 fixture (six exposures, cut-down single-CCD CP files with PSFEx mode
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -17,7 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 
-from repo.errors import DimensionRecordError, DrpError
+from repo.errors import CorruptDatasetError, DimensionRecordError, DrpError, StorageError
 from repo.formatters.fits import read_exposure, write_exposure
 from repo.instruments.base import get_instrument
 from repo.instruments.decam import (
@@ -464,12 +465,21 @@ def test_metadata_and_exact_round_trip(triplets, data_dir, tmp_path):
         assert "Verification found 0 warning(s) and 0 error(s)" in out, out
 
 
-def test_read_errors(triplets, data_dir):
+def test_read_errors(triplets, data_dir, tmp_path):
     with pytest.raises(DrpError, match="no extension 'N5'"):
         read_cp_triplet(triplets[0], hdu="N5")
     other = psfex_path(data_dir, triplets[3])  # S9 of another exposure
     with pytest.raises(DrpError, match="no PSFEx model for ccdname='S4', expnum=396388"):
         read_cp_triplet(triplets[0], psfex=other)
+    # a truncated weight map, then a missing one
+    weight = tmp_path / os.path.basename(triplets[0].weight)
+    weight.write_bytes(Path(triplets[0].weight).read_bytes()[:-5000])
+    broken = dataclasses.replace(triplets[0], weight=str(weight))
+    with pytest.raises(CorruptDatasetError, match=re.escape(str(weight)) + ": .*truncated"):
+        read_cp_triplet(broken)
+    weight.unlink()
+    with pytest.raises(StorageError, match=re.escape(str(weight)) + ": no such file"):
+        read_cp_triplet(broken)
 
 
 def test_ingest_items_build_the_exposures(cp_files, triplets):

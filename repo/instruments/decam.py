@@ -38,7 +38,8 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -451,19 +452,24 @@ def _str_key(header: fits.Header, key: str) -> str:
 # CP files
 
 
-def _open_fits(path: str) -> fits.HDUList:
-    """Open a (possibly remote) FITS file lazily; errors name the file."""
+@contextmanager
+def _open_fits(path: str) -> Iterator[fits.HDUList]:
+    """Open a (possibly remote) FITS file lazily, closing it after use; errors name the file."""
     try:
         handle = fsspec.open(path, "rb").open()
     except FileNotFoundError:
         raise StorageError(f"{path}: no such file") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return fits.open(handle, memmap=False)
-    except Exception as exc:
-        handle.close()
-        raise CorruptDatasetError(f"{path}: not a readable FITS file ({exc})") from exc
+    with handle:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                warnings.filterwarnings("error", message=".*truncated.*")
+                hdul = fits.open(handle, memmap=False)
+                len(hdul)  # reads every header: a truncated file shows here
+        except Exception as exc:  # astropy raises many types on non-FITS input
+            raise CorruptDatasetError(f"{path}: not a readable FITS file ({exc})") from exc
+        with hdul:
+            yield hdul
 
 
 def _ccd_extensions(hdul: fits.HDUList, path: str) -> dict[str, int]:
@@ -479,13 +485,10 @@ def _ccd_extensions(hdul: fits.HDUList, path: str) -> dict[str, int]:
 
 
 def _read_headers(path: str, extname: str) -> tuple[fits.Header, fits.Header]:
-    hdul = _open_fits(path)
-    try:
+    with _open_fits(path) as hdul:
         if extname not in hdul:
             raise DrpError(f"{path}: no extension {extname!r}")
         return hdul[0].header.copy(), hdul[extname].header.copy()
-    finally:
-        hdul.close()
 
 
 def _translate(inst: DECam, primary: fits.Header, ext: fits.Header, path: str) -> dict[str, Any]:
@@ -551,11 +554,8 @@ def _triplets_of_group(members: dict[str, str]) -> list[CpTriplet]:
             raise DrpError(f"{some}: its CP {what} is missing from the files given")
     layouts = {}
     for kind, path in members.items():
-        hdul = _open_fits(path)
-        try:
+        with _open_fits(path) as hdul:
             layouts[kind] = (_check_cp_primary(hdul[0].header, path), _ccd_extensions(hdul, path))
-        finally:
-            hdul.close()
     for kind in "wd":
         if layouts[kind] != layouts["i"]:
             raise DrpError(
@@ -650,23 +650,23 @@ def read_cp_triplet(
 def _read_plane(
     path: str, extname: str, *, expect_float: bool
 ) -> tuple[np.ndarray, fits.Header, fits.Header]:
-    hdul = _open_fits(path)
-    try:
+    with _open_fits(path) as hdul:
         _check_cp_primary(hdul[0].header, path)
         if extname not in hdul:
             raise DrpError(f"{path}: no extension {extname!r} (CCD) in this CP file")
         hdu = hdul[extname]
-        data = hdu.data
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = hdu.data
+        except (OSError, ValueError, TypeError) as exc:
+            raise CorruptDatasetError(f"{path}[{extname}]: cannot read the pixels ({exc})") from exc
         if data is None or data.ndim != 2:
             raise DrpError(f"{path}[{extname}]: expected a 2-D image")
         if expect_float != (data.dtype.kind == "f"):
             raise DrpError(f"{path}[{extname}]: unexpected pixel type {data.dtype}")
         dtype = np.float32 if expect_float else np.int64
         return np.array(data, dtype=dtype), hdul[0].header.copy(), hdu.header.copy()
-    except (OSError, ValueError, TypeError) as exc:
-        raise CorruptDatasetError(f"{path}[{extname}]: cannot read ({exc})") from exc
-    finally:
-        hdul.close()
 
 
 def _plane_bit(name: str) -> int:
