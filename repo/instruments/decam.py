@@ -26,9 +26,10 @@ positions in :meth:`DECam.detector_records` come from a regular model of the lay
 5, 6, 6, 7 CCDs on each side of the centre, a row pitch of 2249 pixels across the CCDs' short
 (x) axis and a CCD pitch of 4249 pixels along their long (y) axis (nominal 201 and 153 pixel gaps);
 the N half is the S half rotated by 180 degrees. The focal-plane frame has x and y along the S
-CCDs' pixel axes, with the origin on the optical axis. Checked against the fixture exposures: the
-CP astrometry places the cut-out CCD positions to within about 10 pixels of this model, enough
-for footprints and records, not for astrometry.
+CCDs' pixel axes, with the origin on the optical axis. Checked against the fixture: each cut-out
+lands on its own CCD in this model, and the CCD offsets implied by the CP WCS (with the cut-out
+origins implied by the PSFEx polynomial origins) agree with it to about 10 pixels. Good enough for
+footprints and records, not for astrometry.
 """
 
 from __future__ import annotations
