@@ -389,8 +389,12 @@ def test_calibration_frames(survey):
     assert np.median(ratio) == pytest.approx(1.0, abs=0.002)
     # The frames differ from each other (independent noise) and between detectors.
     assert _bytes(simulate_calibration_frames(plan, "bias", 0, index=1)) != _bytes(bias)
-    with pytest.raises(DrpError, match="has no band"):
-        simulate_calibration_frames(plan, "bias", 0, band="g")
+    with pytest.raises(DrpError, match="not 'r'"):
+        simulate_calibration_frames(plan, "bias", 0, band="r")
+    cal = plan.calibrations[0]
+    assert _bytes(simulate_calibration_frames(plan, cal.kind, 0, cal.band, cal.index)) == _bytes(
+        bias
+    )
     with pytest.raises(DrpError, match="flats exist"):
         simulate_calibration_frames(plan, "flat", 0, band="i")
     with pytest.raises(DrpError, match="unknown calibration kind"):
@@ -558,3 +562,38 @@ def test_simcam_ingest_items_from_raw_files(survey, first_raw, tmp_path):
     fits.PrimaryHDU(header=fits.Header({"INSTRUME": "DECam"})).writeto(other)
     with pytest.raises(DrpError, match="not a SimCam raw"):
         camera.ingest_items([str(other)])
+
+
+def test_galaxy_shapes_are_fixed_on_the_sky(survey):
+    _, plan, sky = survey
+    camera = plan.camera
+    pa, e = 30.0, 0.5
+    beta = np.radians(pa + 90.0)
+    angles = []
+    for visit in plan.visits[:2]:  # two different rotator angles
+        c = visit.conditions
+        ra, dec = camera.pixel_to_sky(0, 128.0, 128.0, c.true_ra, c.true_dec, c.true_rotation)
+        galaxy = Table(sky.galaxies[:1], copy=True)
+        galaxy["ra"], galaxy["dec"] = ra, dec
+        for band in "gri":
+            galaxy[f"mag_{band}"] = 17.0
+            galaxy[f"bulge_fraction_{band}"] = 0.0
+        galaxy["disk_hlr"] = 1.0
+        galaxy["disk_e1"], galaxy["disk_e2"] = e * np.cos(2 * beta), e * np.sin(2 * beta)
+        one = dataclasses.replace(_empty_sky(sky), galaxies=galaxy)
+        raw, truth, _ = simulate_raw(plan, one, visit.id, 0, cosmic_rays=False)
+        electrons = _reduce(raw, camera, 0, visit.band, visit.exposure_time)
+        electrons -= sky_image(camera, visit, 0)
+        moments = galsim.hsm.FindAdaptiveMom(galsim.ImageD(electrons[64:192, 64:192]))
+        shape = moments.observed_shape
+        theta = 0.5 * math.atan2(shape.e2, shape.e1)  # major axis in pixel axes
+        x = 128.0 + 10 * np.array([-math.cos(theta), math.cos(theta)])
+        y = 128.0 + 10 * np.array([-math.sin(theta), math.sin(theta)])
+        ras, decs = camera.pixel_to_sky(0, x, y, c.true_ra, c.true_dec, c.true_rotation)
+        east = (ras[1] - ras[0]) * math.cos(math.radians(decs[0]))
+        angles.append(math.degrees(math.atan2(east, decs[1] - decs[0])) % 180.0)
+        # The PSF rounds the galaxy but it stays clearly elongated.
+        assert shape.e > 0.3
+        assert truth["disk_e1"][0] == pytest.approx(e * math.cos(2 * beta))
+    assert plan.visits[0].rotation_angle != pytest.approx(plan.visits[1].rotation_angle, abs=5)
+    assert angles == pytest.approx([pa, pa], abs=2.0)

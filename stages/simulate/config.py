@@ -7,7 +7,7 @@ byte-identical raws. Options left at ``None`` take the value of the preset:
 preset     detectors size   bands   epochs stars / arcmin^2 galaxies / am^2 calib frames
 ========== ========= ====== ======= ====== ================ =============== ============
 ``tiny``   2         256    g r     2      25               25              3 per kind
-``default``4         1024   g r i   4      5                15              5 per kind
+``default``4         1024   g r i   4      8                15              5 per kind
 ========== ========= ====== ======= ====== ================ =============== ============
 
 Random numbers come from :func:`survey_rng`, one independent stream per purpose and key (visit,
@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "size": 1024,
         "bands": ("g", "r", "i"),
         "n_epochs": 4,
-        "star_density": 5.0,
+        "star_density": 8.0,
         "galaxy_density": 15.0,
         "n_bias": 5,
         "n_dark": 5,

@@ -312,7 +312,9 @@ def simulate_calibration_frames(
     detector_id : int
         Detector id.
     band : str, optional
-        Band of a flat (required for flats, ignored otherwise).
+        Band of a flat (required for flats). Biases and darks accept None or the band of the
+        filter in the beam, so that ``simulate_calibration_frames(plan, cal.kind, det, cal.band,
+        cal.index)`` works for every ``cal`` in ``plan.calibrations``.
     index : int
         Which frame of its kind (0 .. n_bias/n_dark/n_flat - 1).
 
@@ -321,12 +323,12 @@ def simulate_calibration_frames(
     astropy.io.fits.HDUList
         The raw file, laid out like a science raw (``OBSTYPE`` = kind, no WCS).
     """
-    if kind != "flat" and band is not None:
-        raise DrpError(f"a {kind} has no band (got band={band!r})")
     plan = config if isinstance(config, SurveyPlan) else make_plan(config)
     config = plan.config
     camera = plan.camera
     exposure = plan.calibration(kind, band if kind == "flat" else None, index)
+    if kind != "flat" and band not in (None, exposure.band):
+        raise DrpError(f"a {kind} is taken with band {exposure.band} in the beam, not {band!r}")
     detector = _check_detector(camera, detector_id)
     det = camera.detector(detector)
     seed = config.seed
