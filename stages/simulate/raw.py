@@ -187,8 +187,12 @@ def _primary_header(
 
 
 def _amplifier_hdus(
-    camera: SimCam, detector: int, images: list[np.ndarray], wcs: fits.Header | None
+    camera: SimCam,
+    detector: int,
+    images: list[np.ndarray],
+    pointing: tuple[float, float, float] | None,
 ) -> list[fits.ImageHDU]:
+    """One image HDU per amplifier; with a pointing, each carries its TAN-SIP WCS."""
     det = camera.detector(detector)
     hdus = []
     for amp, image in zip(det.amplifiers, images, strict=True):
@@ -202,9 +206,8 @@ def _amplifier_hdus(
         hdr["GAIN"] = (amp.gain, "[e-/ADU] gain")
         hdr["RDNOISE"] = (amp.read_noise, "[e-] read noise")
         hdr["SATURATE"] = (amp.saturation_adu, "[ADU] saturation level")
-        if wcs is not None:
-            hdr.extend(wcs)
-            hdr["CRPIX1"] = wcs["CRPIX1"] - amp.x0
+        if pointing is not None:
+            hdr.extend(camera.wcs_header(det.id, *pointing, x_offset=-amp.x0))
         hdus.append(fits.ImageHDU(image, header=hdr, name=amp.name))
     return hdus
 
@@ -215,10 +218,6 @@ _SECTION_DOC = {
     "PBIASSEC": "parallel overscan section",
     "DETSEC": "section of the assembled detector",
 }
-
-
-def _check_detector(camera: SimCam, detector_id: int) -> int:
-    return camera.detector(detector_id).id
 
 
 def simulate_raw(
@@ -253,7 +252,7 @@ def simulate_raw(
     """
     camera = plan.camera
     visit = plan.visit(visit_id)
-    detector = _check_detector(camera, detector_id)
+    detector = camera.detector(detector_id).id
     seed = plan.config.seed
     sources = visit_sources(plan, sky, visit, detector)
     scene = sky_image(camera, visit, detector)
@@ -277,16 +276,13 @@ def simulate_raw(
     images = read_out(
         camera, detector, signal.electrons, survey_rng(seed, "readout", visit.id, detector)
     )
-    c = visit.conditions
     primary = _primary_header(camera, detector, visit, "object")
     # The approximate WCS: reported pointing and rotation, the camera's distortion.
-    wcs = camera.wcs_header(detector, visit.ra, visit.dec, visit.rotation_angle)
+    pointing = (visit.ra, visit.dec, visit.rotation_angle)
     hdus = fits.HDUList(
-        [fits.PrimaryHDU(header=primary), *_amplifier_hdus(camera, detector, images, wcs)]
+        [fits.PrimaryHDU(header=primary), *_amplifier_hdus(camera, detector, images, pointing)]
     )
     truth = truth_table(sources, signal, camera, visit, detector)
-    truth.meta["pointing_error_ra"] = c.pointing_error_ra
-    truth.meta["pointing_error_dec"] = c.pointing_error_dec
     return hdus, truth, truth_masks(camera, detector, signal)
 
 
@@ -329,7 +325,7 @@ def simulate_calibration_frames(
     exposure = plan.calibration(kind, band if kind == "flat" else None, index)
     if kind != "flat" and band not in (None, exposure.band):
         raise DrpError(f"a {kind} is taken with band {exposure.band} in the beam, not {band!r}")
-    detector = _check_detector(camera, detector_id)
+    detector = camera.detector(detector_id).id
     det = camera.detector(detector)
     seed = config.seed
     scene = None

@@ -24,6 +24,7 @@ import galsim
 import numpy as np
 from astropy.table import Table
 
+from repo.errors import DrpError
 from repo.instruments.simcam import SimCam
 
 from .plan import Visit
@@ -81,7 +82,7 @@ def source_profile(
         )
         profile = galsim.Convolve(trail, psf, gsparams=GSPARAMS).withFlux(flux)
         return profile, _stamp_half_size(fwhm, 0.5 * length)
-    # Point sources: 6 FWHM holds all but ~1e-4 of the flux; bright stars get 10 FWHM.
+    # Point sources: 6 FWHM holds all but ~2e-4 of the flux; bright stars get 10 FWHM.
     half = _stamp_half_size(fwhm if flux < 1e6 else 10.0 * fwhm / 6.0, 0.0)
     return psf.withFlux(flux), half
 
@@ -108,6 +109,8 @@ def render_sources(
     camera: SimCam, visit: Visit, detector: int, sources: Table, image: np.ndarray
 ) -> None:
     """Add every source to ``image`` (float64, ny x nx, electrons at unit flat response)."""
+    if image.dtype != np.float64 or not image.flags.c_contiguous:
+        raise DrpError("render_sources draws in place: image must be C-contiguous float64")
     canvas = galsim.ImageD(image, xmin=0, ymin=0, scale=1.0)
     if not len(sources):
         return

@@ -28,6 +28,12 @@ column                    unit     meaning
 ``saturated``                      expected charge reaches full well in the central 3x3
 ========================= ======== ==========================================================
 
+The table's ``meta`` holds ``instrument``, ``visit``, ``detector``, ``band``, the visit's true
+``zero_point`` and ``njy_per_electron`` (see :mod:`.plan`) and its ``pointing_error_ra`` and
+``pointing_error_dec`` (arcsec, reported minus true). "Unit flat response" is the response of a
+pixel with flat value 1 (:meth:`repo.instruments.simcam.SimCam.flat`: on the optical axis, mean
+pixel response); a source's raw electrons are ``flux_electrons`` times the flat it falls on.
+
 Truth masks (``ny`` x ``nx`` arrays of the assembled detector):
 
 ================================ ============================================================
@@ -277,6 +283,8 @@ def truth_table(
             "band": visit.band,
             "zero_point": visit.conditions.zero_point,
             "njy_per_electron": visit.conditions.njy_per_electron,
+            "pointing_error_ra": visit.conditions.pointing_error_ra,
+            "pointing_error_dec": visit.conditions.pointing_error_dec,
         }
     )
     return out
