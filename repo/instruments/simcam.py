@@ -46,9 +46,8 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import galsim
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
@@ -56,6 +55,9 @@ from astropy.wcs import WCS
 from ..dimensions import ELEMENTS
 from ..errors import DrpError, InvalidDataIdError
 from .base import IngestItem, Instrument
+
+if TYPE_CHECKING:
+    import galsim
 
 #: AB magnitude of a flux of 1 nJy.
 AB_NJY_ZERO_POINT = 31.4
@@ -602,6 +604,8 @@ class SimCam(Instrument):
         A GalSim Gaussian with the FWHM and ellipticity of :meth:`optical_psf_params`; convolve
         it with an atmospheric part to get the full PSF.
         """
+        import galsim  # imported here: reading headers and records does not need GalSim
+
         fwhm, e1, e2 = self.optical_psf_params(detector, x, y, band)
         return galsim.Gaussian(fwhm=float(fwhm)).shear(e1=float(e1), e2=float(e2))
 
