@@ -5,7 +5,9 @@ There is no database server. Under ``registry/`` the repository holds
 * ``dataset_types/<name>.json`` — one file per dataset type, created exclusively, never changed;
 * ``collections/<name>.json`` — RUN and CHAINED collection definitions;
 * ``dimensions/<element>/*.parquet`` — dimension records, as a :class:`~repo.logtable.LogTable`;
-* ``datasets/*.parquet`` — dataset records (``put`` and ``remove`` rows), as a LogTable.
+* ``datasets/*.parquet`` — dataset records (``put`` and ``remove`` rows), as a LogTable;
+* ``quanta/*.parquet`` — one provenance record per executed quantum (stage, dataId, config,
+  software, inputs, outputs, host, times, status), as a LogTable keyed by quantum id.
 
 DuckDB reads the state (held as Arrow/polars frames in memory) for every query; nothing user-typed
 is ever pasted into SQL: where-expressions are parsed by :mod:`repo.where` and values bound.
@@ -179,6 +181,103 @@ class Collection:
     doc: str = ""
 
 
+#: Columns of a quantum provenance record (see :class:`QuantumRecord`).
+QUANTUM_SCHEMA = pa.schema(
+    [
+        ("quantum_id", pa.string()),
+        ("stage", pa.string()),
+        ("stage_class", pa.string()),
+        ("run", pa.string()),
+        ("data_id", pa.string()),
+        ("config", pa.string()),
+        ("config_hash", pa.string()),
+        ("software", pa.string()),
+        ("input_ids", pa.list_(pa.string())),
+        ("output_ids", pa.list_(pa.string())),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("timestamp", pa.int64()),
+    ]
+)
+
+#: Values of :attr:`QuantumRecord.status`.
+QUANTUM_STATUSES = ("done", "failed")
+
+
+@dataclass
+class QuantumRecord:
+    """Provenance of one executed quantum: one unit of work of a pipeline stage.
+
+    Attributes
+    ----------
+    quantum_id : str
+        Deterministic id of the quantum (stage label, output run and dataId); a re-run of the same
+        quantum replaces its record.
+    stage, stage_class : str
+        Pipeline label of the stage and the import path of its class.
+    run : str
+        The output RUN collection.
+    data_id : dict
+        The quantum's dataId.
+    config : str
+        Canonical JSON of the stage configuration; ``config_hash`` is its sha256.
+    software : dict
+        Versions of drp and the libraries it uses.
+    input_ids, output_ids : list of str
+        Dataset ids read and written.
+    host, pid : str, int
+        Where it ran.
+    start, end : float
+        POSIX times (s) of the start and end of the quantum.
+    status : str
+        ``done`` or ``failed``; ``error`` holds the error of a failed quantum.
+    """
+
+    quantum_id: str
+    stage: str
+    stage_class: str
+    run: str
+    data_id: dict[str, Any]
+    config: str
+    config_hash: str
+    software: dict[str, str]
+    input_ids: list[str]
+    output_ids: list[str]
+    host: str
+    pid: int
+    start: float
+    end: float
+    status: str = "done"
+    error: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a row of :data:`QUANTUM_SCHEMA`."""
+        if self.status not in QUANTUM_STATUSES:
+            raise ValueError(f"quantum status must be one of {QUANTUM_STATUSES}: {self.status!r}")
+        row = {name: getattr(self, name) for name in QUANTUM_SCHEMA.names if name != "timestamp"}
+        row["data_id"] = json.dumps(dict(self.data_id), sort_keys=True)
+        row["software"] = json.dumps(dict(self.software), sort_keys=True)
+        row["input_ids"] = list(self.input_ids)
+        row["output_ids"] = list(self.output_ids)
+        row["timestamp"] = time.time_ns()
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> QuantumRecord:
+        """A record from a row of the quanta table."""
+        values = {name: row[name] for name in QUANTUM_SCHEMA.names if name != "timestamp"}
+        values["data_id"] = json.loads(row["data_id"] or "{}")
+        values["software"] = json.loads(row["software"] or "{}")
+        values["input_ids"] = list(row["input_ids"] or [])
+        values["output_ids"] = list(row["output_ids"] or [])
+        values["error"] = row["error"] or ""
+        return cls(**values)
+
+
 def _record_schema(element: str) -> pa.Schema:
     dim = ELEMENTS[element]
     columns = [(c, _ARROW_TYPES[dim.record_dtype(c)]) for c in dim.record_columns]
@@ -202,6 +301,7 @@ class Registry:
             )
             for name in ELEMENTS
         }
+        self.quanta = LogTable(storage, f"{REGISTRY_DIR}/quanta", QUANTUM_SCHEMA, ["quantum_id"])
         self._dataset_types: dict[str, DatasetType] = {}
         self._collections: dict[str, Collection] = {}
         self._record_index: dict[str, tuple[int, dict[tuple, dict[str, Any]]]] = {}
@@ -560,6 +660,30 @@ class Registry:
             if versions.get(name) != version:
                 con.register(target, frame.to_arrow())  # Arrow: scanned without conversion
                 versions[name] = version
+
+    # -- quanta (provenance of pipeline runs) ----------------------------------------------------
+
+    def commit_quanta(self, records: Sequence[QuantumRecord]) -> None:
+        """Record quantum provenance records as one atomic commit (a later one replaces an
+        earlier record of the same quantum id)."""
+        if not records:
+            return
+        table = pa.Table.from_pylist([r.to_row() for r in records], schema=QUANTUM_SCHEMA)
+        name = self.quanta.append(table)
+        self.quanta.note_committed(name)
+        self.quanta.add_local(table)
+
+    def current_quanta(self, *, refresh: bool = True) -> pl.DataFrame:
+        """The latest record of every quantum, as a frame of :data:`QUANTUM_SCHEMA` columns."""
+        return self.quanta.refresh() if refresh else self.quanta.state
+
+    def get_quanta(self, quantum_ids: Iterable[str]) -> dict[str, QuantumRecord]:
+        """The records of the given quantum ids that exist, keyed by id."""
+        ids = list(dict.fromkeys(quantum_ids))
+        if not ids:
+            return {}
+        frame = self.current_quanta().filter(pl.col("quantum_id").is_in(ids))
+        return {row["quantum_id"]: QuantumRecord.from_row(row) for row in frame.to_dicts()}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -1,0 +1,398 @@
+"""Executors: where quanta run — in this process, in a local process pool, or on Dask.
+
+Each executor takes :class:`~stages.runner.QuantumSpec` objects and hands back
+:class:`~stages.runner.QuantumResult` objects as they finish. The workers of the pool and of Dask
+open the repository themselves from its URL and storage options, so they can be anywhere that
+reaches the storage (an S3 repository for a Dask cluster of many machines).
+
+:func:`execute_graph` drives a run: a quantum is submitted as soon as every quantum it depends on
+has finished (so warps start while other visits are still being processed, rather than stage after
+stage), a few more than there are workers are kept in flight, ready quanta of later stages go first
+(finishing patches early), a failing quantum does not stop independent ones, and everything
+downstream of a failure is marked ``blocked``. The :class:`RunSummary` counts done, skipped,
+failed (with each error) and blocked quanta.
+
+A worker process that dies (killed, out of memory, a crash in C code) fails the quanta that were
+running in the pool at that moment; the pool is then started again for the rest.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import heapq
+import logging
+import multiprocessing
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from repo.errors import DrpError
+from repo.repository import Repository
+
+from .graph import Quantum, QuantumGraph
+from .progress import Progress
+from .runner import (
+    QuantumResult,
+    QuantumSpec,
+    execute_quantum,
+    make_spec,
+    prepare_run,
+    run_quantum,
+)
+
+log = logging.getLogger(__name__)
+
+#: Statuses a quantum can end a run with.
+STATUSES = ("done", "skipped", "failed", "blocked")
+
+
+class Executor(abc.ABC):
+    """Runs quanta and reports their results.
+
+    Parameters
+    ----------
+    repo_url, storage_options
+        Where the workers open the repository.
+    """
+
+    #: Quanta to keep submitted at once.
+    capacity: int = 1
+
+    def __init__(self, repo_url: str, storage_options: Mapping[str, Any] | None = None):
+        self.repo_url = repo_url
+        self.storage_options = dict(storage_options or {})
+
+    @abc.abstractmethod
+    def submit(self, spec: QuantumSpec) -> None:
+        """Start running a quantum."""
+
+    @abc.abstractmethod
+    def wait(self) -> list[QuantumResult]:
+        """Block until at least one submitted quantum has finished; return those finished."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release workers; quanta not yet started are dropped."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SerialExecutor(Executor):
+    """Runs each quantum in this process, one at a time (for debugging: breakpoints work)."""
+
+    capacity = 1
+
+    def __init__(
+        self,
+        repo_url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        repo: Repository | None = None,
+    ):
+        super().__init__(repo_url, storage_options)
+        self.repo = repo or Repository(repo_url, storage_options)
+        self._queue: list[QuantumSpec] = []
+
+    def submit(self, spec: QuantumSpec) -> None:
+        self._queue.append(spec)
+
+    def wait(self) -> list[QuantumResult]:
+        return [run_quantum(self.repo, self._queue.pop(0))]
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+class ProcessPoolExecutor(Executor):
+    """A pool of ``workers`` local processes (started fresh, not forked)."""
+
+    def __init__(
+        self, repo_url: str, storage_options: Mapping[str, Any] | None = None, workers: int = 2
+    ):
+        super().__init__(repo_url, storage_options)
+        self.workers = max(1, int(workers))
+        self.capacity = 2 * self.workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._futures: dict[concurrent.futures.Future, QuantumSpec] = {}
+
+    def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    def submit(self, spec: QuantumSpec) -> None:
+        future = self._ensure_pool().submit(
+            execute_quantum, spec, self.repo_url, self.storage_options
+        )
+        self._futures[future] = spec
+
+    def wait(self) -> list[QuantumResult]:
+        done, _ = concurrent.futures.wait(
+            list(self._futures), return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        results = []
+        broken = False
+        for future in done:
+            spec = self._futures.pop(future)
+            try:
+                results.append(future.result())
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                broken = True
+                results.append(_lost(spec, f"a worker process died ({exc})"))
+            except Exception as exc:  # e.g. the spec or result could not be pickled
+                results.append(_lost(spec, f"{type(exc).__name__}: {exc}"))
+        if broken and self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class DaskExecutor(Executor):
+    """Quanta as tasks of a Dask distributed cluster.
+
+    Parameters
+    ----------
+    address
+        Scheduler address (``tcp://host:8786``), or ``local`` to start a local cluster of
+        ``workers`` processes with one thread each.
+    """
+
+    def __init__(
+        self,
+        repo_url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        address: str = "local",
+        workers: int = 2,
+    ):
+        super().__init__(repo_url, storage_options)
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if address == "local":
+            self._cluster = LocalCluster(
+                n_workers=max(1, int(workers)),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
+            self.client = Client(self._cluster)
+        else:
+            try:
+                self.client = Client(address, timeout="20s")
+            except OSError as exc:
+                raise DrpError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        threads = sum(self.client.nthreads().values()) or 1
+        self.capacity = 2 * threads
+        self._futures: dict[Any, QuantumSpec] = {}
+
+    def submit(self, spec: QuantumSpec) -> None:
+        future = self.client.submit(
+            execute_quantum,
+            spec,
+            self.repo_url,
+            self.storage_options,
+            key=f"quantum-{spec.label}-{spec.id}",
+            pure=False,
+        )
+        self._futures[future] = spec
+
+    def wait(self) -> list[QuantumResult]:
+        from distributed import wait
+
+        done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
+        results = []
+        for future in done:
+            spec = self._futures.pop(future)
+            try:
+                results.append(future.result())
+            except Exception as exc:  # a killed worker, or a task that could not run
+                results.append(_lost(spec, f"{type(exc).__name__}: {exc}"))
+            future.release()
+        return results
+
+    def close(self) -> None:
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def _lost(spec: QuantumSpec, error: str) -> QuantumResult:
+    now = time.time()
+    return QuantumResult(spec.id, "failed", now, now, error=error, details=error)
+
+
+def make_executor(
+    repo_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    jobs: int = 1,
+    dask: str | None = None,
+    repo: Repository | None = None,
+) -> Executor:
+    """The executor for ``-j N`` / ``--dask ADDRESS``: Dask if an address is given, else serial
+    in-process for one job and a process pool for more."""
+    if (dask or jobs > 1) and repo_url.startswith("memory://"):
+        raise DrpError(
+            f"{repo_url} lives in this process only: run it with -j 1 (no pool, no Dask)"
+        )
+    if dask:
+        return DaskExecutor(repo_url, storage_options, dask, jobs)
+    if jobs <= 1:
+        return SerialExecutor(repo_url, storage_options, repo)
+    return ProcessPoolExecutor(repo_url, storage_options, jobs)
+
+
+# -- driving a run -----------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """How a run ended: counts per stage and status, the failures and the blocked quanta."""
+
+    counts: dict[str, dict[str, int]]
+    failures: list[tuple[Quantum, QuantumResult]] = field(default_factory=list)
+    blocked: list[Quantum] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Number of quanta per status over all stages."""
+        return {s: sum(c[s] for c in self.counts.values()) for s in STATUSES}
+
+    @property
+    def ok(self) -> bool:
+        """True if no quantum failed (and so none was blocked)."""
+        return not self.failures
+
+    def describe(self) -> str:
+        """The summary as text: one line per stage, then each failure with its error."""
+        t = self.totals
+        lines = [
+            f"{t['done']} done, {t['skipped']} skipped, {t['failed']} failed, "
+            f"{t['blocked']} blocked in {self.elapsed:.1f} s"
+        ]
+        width = max((len(k) for k in self.counts), default=0)
+        for label, c in self.counts.items():
+            parts = ", ".join(f"{c[s]} {s}" for s in STATUSES if c[s]) or "no quanta"
+            lines.append(f"  {label:<{width}}  {parts}")
+        for quantum, result in self.failures:
+            lines.append(f"FAILED {quantum.label} {dict(quantum.data_id)}: {result.error}")
+        if self.blocked:
+            lines.append(
+                f"blocked (an input failed): {len(self.blocked)} quanta, e.g. "
+                f"{self.blocked[0].label} {dict(self.blocked[0].data_id)}"
+            )
+        return "\n".join(lines)
+
+
+def execute_graph(
+    graph: QuantumGraph, executor: Executor, progress: Progress | None = None
+) -> RunSummary:
+    """Run every quantum of the graph whose status is ``run``; see the module documentation."""
+    started = time.time()
+    progress = progress or Progress()
+    stage_rank = {label: i for i, label in enumerate(graph.pipeline.labels)}
+    order = {qid: i for i, qid in enumerate(graph.quanta)}
+    downstream = graph.downstream()
+    counts = {label: dict.fromkeys(STATUSES, 0) for label in graph.pipeline.labels}
+    to_run = {qid for qid, q in graph.quanta.items() if q.status == "run"}
+    for qid, quantum in graph.quanta.items():
+        if qid not in to_run:
+            counts[quantum.label]["skipped"] += 1
+    waiting = {qid: sum(u in to_run for u in graph.quanta[qid].upstream) for qid in to_run}
+    ready = [(-stage_rank[graph.quanta[q].label], order[q], q) for q, n in waiting.items() if not n]
+    heapq.heapify(ready)
+    progress.start({label: sum(graph.quanta[q].label == label for q in to_run) for label in counts})
+    summary = RunSummary(counts)
+    in_flight = 0
+    finished: set[str] = set()
+    try:
+        while ready or in_flight:
+            while ready and in_flight < executor.capacity:
+                _, _, qid = heapq.heappop(ready)
+                executor.submit(make_spec(graph, graph.quanta[qid]))
+                in_flight += 1
+            for result in executor.wait():
+                in_flight -= 1
+                quantum = graph.quanta[result.id]
+                finished.add(result.id)
+                counts[quantum.label][result.status] += 1
+                message = f"{dict(quantum.data_id)}: {result.error}"
+                progress.advance(quantum.label, result.status, message)
+                if result.status == "done":
+                    for d in downstream[result.id]:
+                        if d in waiting and d not in finished:
+                            waiting[d] -= 1
+                            if waiting[d] == 0:
+                                item = (-stage_rank[graph.quanta[d].label], order[d], d)
+                                heapq.heappush(ready, item)
+                    continue
+                summary.failures.append((quantum, result))
+                log.debug("quantum %s failed:\n%s", quantum, result.details)
+                for blocked_id in _all_downstream(result.id, downstream):
+                    if blocked_id in finished or blocked_id not in to_run:
+                        continue
+                    finished.add(blocked_id)
+                    blocked = graph.quanta[blocked_id]
+                    counts[blocked.label]["blocked"] += 1
+                    summary.blocked.append(blocked)
+                    progress.advance(blocked.label, "blocked")
+    finally:
+        progress.finish()
+    summary.elapsed = time.time() - started
+    return summary
+
+
+def _all_downstream(start: str, downstream: Mapping[str, set[str]]) -> list[str]:
+    seen: set[str] = set()
+    stack = list(downstream[start])
+    while stack:
+        qid = stack.pop()
+        if qid not in seen:
+            seen.add(qid)
+            stack.extend(downstream[qid])
+    return sorted(seen)
+
+
+def run_graph(
+    repo: Repository,
+    graph: QuantumGraph,
+    *,
+    jobs: int = 1,
+    dask: str | None = None,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Prepare the repository for a graph (output run, dataset types, tract records) and run it.
+
+    Parameters
+    ----------
+    repo
+        The repository; workers open their own from its URL and storage options.
+    graph
+        From :func:`stages.graph.build_graph`.
+    jobs
+        Worker processes (1: serially in this process).
+    dask
+        Dask scheduler address, or ``local`` for a local cluster of ``jobs`` processes.
+    progress
+        Where to report progress (see :func:`stages.progress.make_progress`).
+    """
+    prepare_run(repo, graph)
+    executor = make_executor(
+        repo.storage.url, repo.storage.storage_options, jobs=jobs, dask=dask, repo=repo
+    )
+    with executor:
+        return execute_graph(graph, executor, progress)

@@ -1,0 +1,788 @@
+"""Building the quantum graph: the units of work of a pipeline run and their dependencies.
+
+From the registry's contents, the input collections, an output run and a where-expression, each
+stage (in dependency order) gets one :class:`Quantum` per dataId over its quantum dimensions:
+
+1. Every regular input connection contributes the dataIds of its datasets — those found in the
+   search path (the output run, then the input collections) or, for a dataset type an earlier
+   stage produces, that stage's predicted outputs — projected onto the quantum dimensions. A
+   quantum dimension the dataset lacks but can reach through the sky (tract and patch, for a
+   dataset with a visit) comes from the overlaps of its detector regions with the registered sky
+   map (:mod:`stages.overlaps`). The projections of all inputs are joined on their shared keys.
+2. The where-expression (and the stage's own, from the pipeline) constrains the datasets and the
+   quantum dataIds. It is evaluated on everything that is known about each (dimensions, implied
+   dimensions, record fields such as ``visit.exposure_time``, and tracts and patches overlapped);
+   a term about something that cannot be known there (``detector`` for a per-patch quantum) is
+   left undecided, and only a row for which the expression is definitely false is dropped.
+3. Each quantum collects its inputs (``multiple`` ones ordered by dataId), looks up its
+   prerequisites (which must exist: a missing one is an error naming it), and predicts its
+   outputs, whose ids and paths follow from (dataset type, output run, dataId) alone.
+4. A quantum whose outputs all exist in the output run with the same config hash is marked
+   ``skip``, unless ``clobber`` is asked for or a quantum it depends on has to run. Outputs made with
+   another config are refused (:class:`ConfigChangedError`) unless ``clobber``.
+
+Every problem the graph can find (unknown dataset types, definitions that disagree with the
+registry, a missing prerequisite or input, a where that selects nothing, changed configs) is raised
+here, before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from repo.dimensions import UNIVERSE, DataId, DimensionGroup
+from repo.errors import CollectionError, DatasetNotFoundError, DatasetTypeError
+from repo.registry import DatasetRef, DatasetType, check_collection_name, dataset_id_for
+from repo.repository import Repository
+from repo.skymap import RingsSkyMap
+from repo.where import Column, Not, compile_where, evaluate_where, parse_where
+from repo.where import referenced_identifiers as where_identifiers
+
+from .base import SKYMAP_DIMENSIONS, Connection, PipelineError
+from .overlaps import RegionOverlaps
+from .pipeline import Pipeline, StageDef
+from .skymap_setup import load_skymap
+
+QUANTUM_ID_NAMESPACE = uuid.UUID("0c7b7f0e-3f38-4b8e-9a44-2f1d5e6c9b21")
+_MAX_LISTED = 5
+
+
+class NothingSelectedError(PipelineError):
+    """The inputs and where-expression select no quanta at all."""
+
+
+class ConfigChangedError(PipelineError):
+    """Outputs in the output run were made with another configuration of their stage."""
+
+
+@dataclass
+class Quantum:
+    """One unit of work: a stage applied to one dataId.
+
+    Attributes
+    ----------
+    id : str
+        Deterministic id: a UUID5 of (stage label, output run, dataId).
+    label : str
+        The stage's label in the pipeline.
+    data_id : DataId
+        The quantum dataId, with implied dimensions.
+    inputs : dict
+        Connection name -> input refs (one for a single input), prerequisites included.
+    outputs : dict
+        Connection name -> the predicted output ref in the output run.
+    upstream : set of str
+        Ids of the quanta that produce some of the inputs.
+    status : str
+        ``run``, or ``skip`` when its outputs exist already with the same config.
+    """
+
+    id: str
+    label: str
+    data_id: DataId
+    inputs: dict[str, list[DatasetRef]]
+    outputs: dict[str, DatasetRef]
+    upstream: set[str] = field(default_factory=set)
+    status: str = "run"
+
+    def __str__(self) -> str:
+        return f"{self.label} {self.data_id}"
+
+
+@dataclass
+class QuantumGraph:
+    """The quanta of a pipeline run in dependency order, and how they depend on each other."""
+
+    pipeline: Pipeline
+    output_run: str
+    collections: list[str]
+    quanta: dict[str, Quantum]
+    skymap: RingsSkyMap | None = None
+    where: str = ""
+
+    def by_label(self) -> dict[str, list[Quantum]]:
+        """Quanta of each stage, in pipeline order."""
+        groups: dict[str, list[Quantum]] = {label: [] for label in self.pipeline.labels}
+        for quantum in self.quanta.values():
+            groups[quantum.label].append(quantum)
+        return groups
+
+    def downstream(self) -> dict[str, set[str]]:
+        """Quantum id -> ids of the quanta that consume its outputs."""
+        result: dict[str, set[str]] = {qid: set() for qid in self.quanta}
+        for quantum in self.quanta.values():
+            for up in quantum.upstream:
+                result[up].add(quantum.id)
+        return result
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per stage: number of quanta, to run and to skip."""
+        out = {}
+        for label, quanta in self.by_label().items():
+            run = sum(q.status == "run" for q in quanta)
+            out[label] = {"quanta": len(quanta), "run": run, "skip": len(quanta) - run}
+        return out
+
+    def describe(self, *, details: bool = False) -> str:
+        """A summary of the graph: quanta per stage and stage dependencies (and every quantum)."""
+        counts = self.counts()
+        total = sum(c["quanta"] for c in counts.values())
+        to_run = sum(c["run"] for c in counts.values())
+        lines = [
+            f"quantum graph: {total} quanta in {len(counts)} stage(s), {to_run} to run, "
+            f"{total - to_run} already done; output run {self.output_run!r}, "
+            f"searching {', '.join(self.collections)}"
+        ]
+        if self.where:
+            lines.append(f"where: {self.where}")
+        width = max((len(label) for label in counts), default=0)
+        for label, c in counts.items():
+            dims = ", ".join(self.pipeline.stage(label).stage_class.quantum_group().required)
+            lines.append(
+                f"  {label:<{width}}  {c['quanta']:>6} quanta  {c['run']:>6} to run  "
+                f"{c['skip']:>6} done  ({dims})"
+            )
+        edges: dict[tuple[str, str], int] = {}
+        for quantum in self.quanta.values():
+            for up in quantum.upstream:
+                key = (self.quanta[up].label, quantum.label)
+                edges[key] = edges.get(key, 0) + 1
+        if edges:
+            lines.append("dependencies:")
+            lines.extend(
+                f"  {down} <- {up}: {n} quantum dependencies" for (up, down), n in edges.items()
+            )
+        if details:
+            lines.append("quanta:")
+            order = {qid: i for i, qid in enumerate(self.quanta)}
+            for quantum in self.quanta.values():
+                deps = ", ".join(
+                    f"{self.quanta[u].label}{dict(self.quanta[u].data_id.subset(_req(self, u)))}"
+                    for u in sorted(quantum.upstream, key=order.__getitem__)
+                )
+                required = quantum.data_id.subset(_req(self, quantum.id))
+                line = f"  [{quantum.status}] {quantum.label} {dict(required)}"
+                lines.append(line + (f" <- {deps}" if deps else ""))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The graph as JSON-compatible data (quanta with inputs, outputs and upstream ids)."""
+        return {
+            "output_run": self.output_run,
+            "collections": self.collections,
+            "where": self.where,
+            "stages": self.counts(),
+            "quanta": [
+                {
+                    "id": q.id,
+                    "stage": q.label,
+                    "data_id": dict(q.data_id),
+                    "status": q.status,
+                    "inputs": {k: [r.id for r in v] for k, v in q.inputs.items()},
+                    "outputs": {k: r.id for k, r in q.outputs.items()},
+                    "upstream": sorted(q.upstream),
+                }
+                for q in self.quanta.values()
+            ],
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=1)
+
+
+def _req(graph: QuantumGraph, quantum_id: str) -> tuple[str, ...]:
+    label = graph.quanta[quantum_id].label
+    return graph.pipeline.stage(label).stage_class.quantum_group().required
+
+
+def quantum_id_for(label: str, run: str, data_id: DataId) -> str:
+    """The deterministic id of the quantum of stage ``label`` for ``data_id`` in ``run``."""
+    return str(uuid.uuid5(QUANTUM_ID_NAMESPACE, f"{label}/{run}/{data_id.canonical()}"))
+
+
+# -- the where-expression -----------------------------------------------------------------------
+
+
+def where_columns() -> dict[str, Column]:
+    """Every identifier a pipeline where-expression may use: dimensions and record fields."""
+    columns = {name: Column(f'"{name}"', dim.dtype) for name, dim in UNIVERSE.items()}
+    for element, dim in UNIVERSE.items():
+        for f in dim.fields:
+            columns[f"{element}.{f.name}"] = Column(f'"{element}"."{f.name}"', f.dtype)
+    return columns
+
+
+class WhereFilter:
+    """Decide whether a dataId may be selected by a where-expression (see the module notes).
+
+    Parameters
+    ----------
+    texts
+        Expressions that must all hold (the run's and a stage's own); empty ones are ignored.
+    binds
+        Values of ``:name`` placeholders.
+    repo
+        Where record fields (``visit.exposure_time``) come from.
+    overlaps
+        A callable returning the :class:`RegionOverlaps` (created on first use), for
+        expressions about tracts and patches of datasets that have a visit; and the sky map name.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        binds: Mapping[str, Any] | None,
+        repo: Repository,
+        overlaps: Callable[[], tuple[RegionOverlaps, str]] | None,
+    ):
+        self.nodes = [node for node in (parse_where(t) for t in texts if t) if node is not None]
+        columns = where_columns()
+        for node in self.nodes:
+            compile_where(node, columns, binds)  # unknown identifiers, binds and types
+        self.negations = [Not(node) for node in self.nodes]
+        self.binds = binds
+        self.repo = repo
+        self.overlaps = overlaps
+        names: set[str] = set()
+        for node in self.nodes:
+            names |= where_identifiers(node)
+        self.dimensions = sorted(n for n in names if "." not in n)
+        self.fields = sorted(n for n in names if "." in n)
+        self.spatial = any(n.split(".")[0] in SKYMAP_DIMENSIONS for n in names)
+        self._cache: dict[tuple, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes)
+
+    def accepts(self, data_id: Mapping[str, Any]) -> bool:
+        """False only if the expression is definitely false for every row the dataId makes."""
+        if not self.nodes:
+            return True
+        key = tuple(data_id.get(n) for n in _CACHE_KEYS)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = any(self._possible(row) for row in self._rows(data_id))
+        return cached
+
+    def _possible(self, row: Mapping[str, Any]) -> bool:
+        for node, negation in zip(self.nodes, self.negations, strict=True):
+            if not (
+                evaluate_where(node, row, self.binds)
+                or not evaluate_where(negation, row, self.binds)
+            ):
+                return False
+        return True
+
+    def _rows(self, data_id: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+        base = {name: data_id.get(name) for name in self.dimensions}
+        expansions: list[dict[str, Any]] = [{}]
+        has_sky = any(data_id.get(n) is not None for n in ("tract", "patch"))
+        if self.spatial and not has_sky and self.overlaps is not None and "visit" in data_id:
+            overlaps, skymap = self.overlaps()
+            pairs = overlaps.patches(data_id)
+            expansions = [{"skymap": skymap, "tract": t, "patch": p} for t, p in pairs] or [
+                {"skymap": skymap, "tract": None, "patch": None}
+            ]
+        for extra in expansions:
+            row = {**base, **{k: v for k, v in extra.items() if k in base}}
+            values = {**data_id, **extra}
+            for name in self.fields:
+                element, _, field_name = name.partition(".")
+                record = self._record(element, values)
+                row[name] = None if record is None else record.get(field_name)
+            yield row
+
+    def _record(self, element: str, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        keys = (*UNIVERSE[element].requires, element)
+        if any(values.get(k) is None for k in keys):
+            return None
+        return self.repo.registry.get_record(element, values)
+
+
+_CACHE_KEYS = tuple(UNIVERSE)
+
+
+# -- building -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Candidate:
+    """A dataset an input connection may read: an existing ref, or a predicted output."""
+
+    ref: DatasetRef
+    producer: str | None  # quantum id of the producing quantum in this graph
+
+
+class _Builder:
+    def __init__(
+        self,
+        repo: Repository,
+        pipeline: Pipeline,
+        output_run: str,
+        inputs: Sequence[str],
+        where: str,
+        binds: Mapping[str, Any] | None,
+        skymap_name: str | None,
+    ):
+        self.repo = repo
+        self.pipeline = pipeline
+        self.output_run = check_collection_name(output_run)
+        self.inputs = list(inputs)
+        self.where = where
+        self.binds = binds
+        self.skymap_name = skymap_name
+        self._skymap: RingsSkyMap | None = None
+        self._overlaps: RegionOverlaps | None = None
+        self.search = self._search_path()
+        self.producers = pipeline.producers()
+        self.available: dict[str, list[_Candidate]] = {}
+        self.quanta: dict[str, Quantum] = {}
+        self._implied: dict[tuple, dict[str, Any]] = {}
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _search_path(self) -> list[str]:
+        if not self.inputs:
+            raise CollectionError("give at least one input collection (--input)")
+        self.repo.registry.flatten(self.inputs)  # unknown collections are an error
+        try:
+            output = self.repo.registry.get_collection(self.output_run)
+        except CollectionError:
+            return list(self.inputs)
+        if output.type != "RUN":
+            raise CollectionError(
+                f"output {self.output_run!r} is a {output.type} collection; outputs go into a RUN"
+            )
+        return [self.output_run, *[c for c in self.inputs if c != self.output_run]]
+
+    def skymap(self) -> RingsSkyMap:
+        if self._skymap is None:
+            self._skymap = load_skymap(self.repo, self.skymap_name)
+        return self._skymap
+
+    def overlaps(self) -> RegionOverlaps:
+        if self._overlaps is None:
+            self._overlaps = RegionOverlaps.from_repository(self.repo, self.skymap())
+        return self._overlaps
+
+    def _overlaps_and_name(self) -> tuple[RegionOverlaps, str]:
+        return self.overlaps(), self.skymap().name
+
+    def check_dataset_types(self) -> None:
+        """Existing inputs must be registered; every definition must agree with the registry."""
+        for name, dataset_type in self.pipeline.dataset_types().items():
+            try:
+                registered = self.repo.registry.get_dataset_type(name)
+            except DatasetTypeError:
+                if name in self.producers:
+                    continue
+                users = [
+                    f"{s.label}.{conn_name}"
+                    for s in self.pipeline.stages
+                    for conn_name, c in s.stage_class.inputs.items()
+                    if c.dataset_type == name
+                ]
+                raise DatasetTypeError(
+                    f"dataset type {name!r} (input {', '.join(users)}) is not registered in "
+                    "this repository and no stage of the pipeline produces it"
+                ) from None
+            if registered != dataset_type:
+                raise DatasetTypeError(
+                    f"the pipeline uses {dataset_type} but the repository has {registered}"
+                )
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def existing(self, dataset_type: str, where: WhereFilter | None) -> list[_Candidate]:
+        refs = self.repo.query_datasets(dataset_type, collections=self.search)
+        if where:
+            refs = [r for r in refs if where.accepts(r.data_id)]
+        return [_Candidate(r, None) for r in refs]
+
+    def candidates(self, conn: Connection, where: WhereFilter) -> list[_Candidate]:
+        if conn.dataset_type in self.producers:
+            found = self.available.get(conn.dataset_type, [])
+            return [c for c in found if where.accepts(c.ref.data_id)] if where else found
+        return self.existing(conn.dataset_type, where)
+
+    def projections(
+        self, conn: Connection, quantum: DimensionGroup, ref: DatasetRef
+    ) -> tuple[list[str], list[tuple]]:
+        """Keys of the quantum this input determines, and the value tuples for one dataset."""
+        group = conn.group
+        direct = [n for n in quantum.names if n in group.names]
+        spatial = (
+            [n for n in SKYMAP_DIMENSIONS if n in quantum.names and n not in group.names]
+            if "visit" in group.names
+            else []
+        )
+        keys = direct + spatial
+        base = tuple(ref.data_id.get(n) for n in direct)
+        if not spatial:
+            return keys, [base]
+        pairs = self.overlaps().patches(ref.data_id)
+        name = self.skymap().name
+        values = set()
+        for tract, patch in pairs:
+            sky = {"skymap": name, "tract": tract, "patch": patch}
+            values.add(base + tuple(sky[n] for n in spatial))
+        return keys, sorted(values)
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def build_stage(self, stage: StageDef) -> None:
+        cls = stage.stage_class
+        quantum_group = cls.quantum_group()
+        where = WhereFilter(
+            [self.where, stage.where], self.binds, self.repo, self._overlaps_and_name
+        )
+        regular = {n: c for n, c in cls.inputs.items() if not c.prerequisite}
+        prerequisites = {n: c for n, c in cls.inputs.items() if c.prerequisite}
+        # Per input connection: its keys and an index from key values to candidates.
+        indexes: dict[str, tuple[list[str], dict[tuple, list[_Candidate]]]] = {}
+        for name, conn in regular.items():
+            index: dict[tuple, list[_Candidate]] = {}
+            keys: list[str] = []
+            for cand in self.candidates(conn, where):
+                keys, values = self.projections(conn, quantum_group, cand.ref)
+                for value in values:
+                    index.setdefault(value, []).append(cand)
+            if not keys:
+                keys = [n for n in quantum_group.names if n in conn.group.names]
+            indexes[name] = (keys, index)
+        if regular:
+            rows, row_keys = _join([indexes[n] for n in regular])
+            self.check_missing_inputs(stage, regular, indexes, rows, row_keys)
+        else:
+            ids = self.repo.query_data_ids(quantum_group.required)
+            row_keys = list(quantum_group.names)
+            rows = {tuple(d.get(k) for k in row_keys) for d in ids}
+        data_ids = self.quantum_data_ids(quantum_group, rows, row_keys)
+        data_ids = [d for d in data_ids if where.accepts(d)]
+        prereq_index = {
+            n: self.prerequisite_index(c, quantum_group) for n, c in prerequisites.items()
+        }
+        missing: dict[str, list[DataId]] = {}
+        for data_id in data_ids:
+            self.add_quantum(stage, quantum_group, data_id, indexes, prereq_index, missing)
+        if missing:
+            raise _missing_prerequisites(stage, prerequisites, missing, self.search)
+
+    def check_missing_inputs(
+        self,
+        stage: StageDef,
+        regular: Mapping[str, Connection],
+        indexes: Mapping[str, tuple[list[str], dict[tuple, list[_Candidate]]]],
+        rows: set[tuple],
+        row_keys: list[str],
+    ) -> None:
+        """Name an input that must already exist but is missing for datasets of another input."""
+        existing = [n for n, c in regular.items() if c.dataset_type not in self.producers]
+        for name, conn in regular.items():
+            if conn.multiple:
+                continue
+            keys, index = indexes[name]
+            positions = [row_keys.index(k) for k in keys]
+            covered = {tuple(row[i] for i in positions) for row in rows}
+            uncovered = sorted(set(index) - covered, key=_sort_key)
+            if not uncovered:
+                continue
+            for other in existing:
+                if other == name:
+                    continue
+                other_keys, other_index = indexes[other]
+                shared = [k for k in keys if k in other_keys]
+                have = {tuple(v[other_keys.index(k)] for k in shared) for v in other_index}
+                lacking = [
+                    v for v in uncovered if tuple(v[keys.index(k)] for k in shared) not in have
+                ]
+                if lacking:
+                    examples = "; ".join(
+                        str(dict(zip(shared, (v[keys.index(k)] for k in shared), strict=True)))
+                        for v in lacking[:_MAX_LISTED]
+                    )
+                    raise DatasetNotFoundError(
+                        f"stage {stage.label!r}: input {other!r} "
+                        f"({regular[other].dataset_type}) is missing in collections "
+                        f"{self.search} for {len(lacking)} dataId(s) that input {name!r} "
+                        f"({conn.dataset_type}) has: {examples}"
+                    )
+
+    def quantum_data_ids(
+        self, group: DimensionGroup, rows: Iterable[tuple], row_keys: list[str]
+    ) -> list[DataId]:
+        """Quantum dataIds from joined rows, implied dimensions filled from the records."""
+        positions = [(k, i) for i, k in enumerate(row_keys) if k in group.names]
+        result = []
+        for row in rows:
+            values = {k: row[i] for k, i in positions}
+            for name in group.required:
+                implies = UNIVERSE[name].implies
+                if implies and any(values.get(n) is None for n in implies):
+                    values.update(self.implied(name, values))
+            result.append(DataId(values))
+        return sorted(result, key=lambda d: _sort_key(d[k] for k in group.required))
+
+    def implied(self, element: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        keys = (*UNIVERSE[element].requires, element)
+        key = (element, *(values[k] for k in keys))
+        cached = self._implied.get(key)
+        if cached is None:
+            record = self.repo.registry.get_record(element, values)
+            if record is None:
+                raise DatasetNotFoundError(
+                    f"no {element} record for {dict((k, values[k]) for k in keys)}"
+                )
+            cached = self._implied[key] = {n: record[n] for n in UNIVERSE[element].implies}
+        return cached
+
+    def prerequisite_index(
+        self, conn: Connection, quantum: DimensionGroup
+    ) -> tuple[list[str], list[str], dict[tuple, list[DatasetRef]]]:
+        """Shared direct keys, sky keys, and prerequisite refs indexed by the direct keys."""
+        direct = [n for n in conn.group.names if n in quantum.names]
+        sky = (
+            [n for n in ("tract", "patch") if n in conn.group.names and n not in quantum.names]
+            if "visit" in quantum.names
+            else []
+        )
+        index: dict[tuple, list[DatasetRef]] = {}
+        for ref in self.repo.query_datasets(conn.dataset_type, collections=self.search):
+            index.setdefault(tuple(ref.data_id.get(n) for n in direct), []).append(ref)
+        return direct, sky, index
+
+    def add_quantum(
+        self,
+        stage: StageDef,
+        group: DimensionGroup,
+        data_id: DataId,
+        indexes: Mapping[str, tuple[list[str], dict[tuple, list[_Candidate]]]],
+        prereq_index: Mapping[str, tuple[list[str], list[str], dict[tuple, list[DatasetRef]]]],
+        missing: dict[str, list[DataId]],
+    ) -> None:
+        cls = stage.stage_class
+        quantum_id = quantum_id_for(stage.label, self.output_run, data_id.subset(group.required))
+        inputs: dict[str, list[DatasetRef]] = {}
+        upstream: set[str] = set()
+        for name, (keys, index) in indexes.items():
+            found = index.get(tuple(data_id.get(k) for k in keys), [])
+            unique = {c.ref.id: c for c in found}
+            chosen = sorted(unique.values(), key=lambda c: _sort_key(c.ref.data_id.values()))
+            if not cls.inputs[name].multiple and len(chosen) > 1:
+                raise PipelineError(
+                    f"stage {stage.label!r}: {len(chosen)} {cls.inputs[name].dataset_type} "
+                    f"datasets match quantum {dict(data_id)}; declare input {name!r} "
+                    "multiple=True"
+                )
+            inputs[name] = [c.ref for c in chosen]
+            upstream.update(c.producer for c in chosen if c.producer is not None)
+        for name, (direct, sky, index) in prereq_index.items():
+            refs = index.get(tuple(data_id.get(n) for n in direct), [])
+            if sky and refs:
+                pairs = self.overlaps().patches(data_id)
+                tracts = {t for t, _ in pairs}
+                refs = [
+                    r
+                    for r in refs
+                    if (r.data_id.get("tract"), r.data_id.get("patch")) in pairs
+                    or ("patch" not in sky and r.data_id.get("tract") in tracts)
+                ]
+            conn = cls.inputs[name]
+            if not refs or (len(refs) > 1 and not conn.multiple):
+                missing.setdefault(name, []).append(data_id)
+                continue
+            inputs[name] = sorted(refs, key=lambda r: _sort_key(r.data_id.values()))
+        outputs = {}
+        for name, conn in cls.outputs.items():
+            dataset_type = conn.as_dataset_type()
+            out_id = data_id.subset(dataset_type.group.names)
+            ref = DatasetRef(
+                dataset_type,
+                out_id,
+                self.output_run,
+                dataset_id_for(
+                    dataset_type.name, self.output_run, out_id, dataset_type.group.required
+                ),
+                Repository.path_for(dataset_type, out_id, self.output_run),
+            )
+            outputs[name] = ref
+            self.available.setdefault(conn.dataset_type, []).append(_Candidate(ref, quantum_id))
+        self.quanta[quantum_id] = Quantum(
+            quantum_id, stage.label, data_id, inputs, outputs, upstream
+        )
+
+    # -- statuses -------------------------------------------------------------------------
+
+    def mark_done(self, clobber: bool) -> None:
+        """Mark quanta whose outputs exist with the same config 'skip'; refuse changed configs."""
+        current = self.repo.registry.current_datasets(refresh=True)
+        mine = current.filter(pl.col("run") == self.output_run).select("dataset_id", "config_hash")
+        existing = dict(mine.iter_rows())
+        hashes = {s.label: s.config_hash for s in self.pipeline.stages}
+        changed: dict[str, list[Quantum]] = {}
+        for quantum in self.quanta.values():
+            found = [existing.get(r.id, _ABSENT) for r in quantum.outputs.values()]
+            if any(h is not _ABSENT and h != hashes[quantum.label] for h in found):
+                changed.setdefault(quantum.label, []).append(quantum)
+            complete = all(h == hashes[quantum.label] for h in found)
+            quantum.status = "skip" if complete and not clobber else "run"
+        if changed and not clobber:
+            label, quanta = next(iter(changed.items()))
+            raise ConfigChangedError(
+                f"stage {label!r}: {len(quanta)} quanta (e.g. {dict(quanta[0].data_id)}) have "
+                f"outputs in run {self.output_run!r} made with another configuration (this one "
+                f"is sha256 {hashes[label][:12]}...); use --clobber to redo them with the new "
+                "configuration, or write to a new output run"
+            )
+        for quantum in self.quanta.values():  # dependency order: upstream first
+            if quantum.status == "skip" and any(
+                self.quanta[u].status == "run" for u in quantum.upstream
+            ):
+                quantum.status = "run"
+
+
+_ABSENT = object()
+
+
+def _sort_key(values: Iterable[Any]) -> tuple:
+    return tuple((v is None, str(type(v).__name__), v if v is not None else 0) for v in values)
+
+
+def _join(
+    parts: list[tuple[list[str], dict[tuple, list[_Candidate]]]],
+) -> tuple[set[tuple], list[str]]:
+    """Natural join of the key sets of several inputs; returns rows and their key names."""
+    ordered = sorted(parts, key=lambda p: -len(p[0]))
+    keys = list(ordered[0][0])
+    rows = set(ordered[0][1])
+    for part_keys, index in ordered[1:]:
+        shared = [k for k in part_keys if k in keys]
+        new = [k for k in part_keys if k not in keys]
+        by_shared: dict[tuple, list[tuple]] = {}
+        for value in index:
+            by_shared.setdefault(tuple(value[part_keys.index(k)] for k in shared), []).append(
+                tuple(value[part_keys.index(k)] for k in new)
+            )
+        positions = [keys.index(k) for k in shared]
+        joined = set()
+        for row in rows:
+            for extra in by_shared.get(tuple(row[i] for i in positions), ()):
+                joined.add(row + extra)
+        rows, keys = joined, keys + new
+    return rows, keys
+
+
+def _missing_prerequisites(
+    stage: StageDef,
+    prerequisites: Mapping[str, Connection],
+    missing: Mapping[str, list[DataId]],
+    search: list[str],
+) -> DatasetNotFoundError:
+    name, data_ids = next(iter(missing.items()))
+    conn = prerequisites[name]
+    example = data_ids[0]
+    wanted = {k: example[k] for k in conn.group.names if k in example}
+    return DatasetNotFoundError(
+        f"stage {stage.label!r}: prerequisite {name!r} ({conn.dataset_type}, dimensions "
+        f"{', '.join(conn.dimensions) or 'none'}) is missing or ambiguous for {len(data_ids)} "
+        f"quanta, e.g. {wanted} (quantum {dict(example)}), in collections {search}"
+    )
+
+
+def build_graph(
+    repo: Repository,
+    pipeline: Pipeline,
+    *,
+    output_run: str,
+    inputs: Sequence[str],
+    where: str = "",
+    binds: Mapping[str, Any] | None = None,
+    clobber: bool = False,
+    skymap: str | None = None,
+) -> QuantumGraph:
+    """Build the quantum graph of a pipeline run; see the module documentation.
+
+    Parameters
+    ----------
+    repo
+        The repository.
+    pipeline
+        The stages to run.
+    output_run
+        RUN collection the outputs go into; its existing datasets are inputs too.
+    inputs
+        Collections searched (after the output run) for existing inputs and prerequisites.
+    where
+        Where-expression constraining dataIds, e.g. ``"tract = 0 AND band IN ('g', 'r')"``.
+    binds
+        Values of ``:name`` placeholders in ``where``.
+    clobber
+        Redo quanta whose outputs exist already (and accept a changed config).
+    skymap
+        Name of the registered sky map (needed only if there are several).
+
+    Raises
+    ------
+    NothingSelectedError
+        If no quanta at all are selected.
+    ConfigChangedError
+        If outputs exist with another config and ``clobber`` is false.
+    DatasetNotFoundError, DatasetTypeError, PipelineError, WhereSyntaxError
+        For the problems listed in the module documentation.
+    """
+    if not pipeline.stages:
+        raise PipelineError(f"pipeline {pipeline.source} has no stages to run")
+    builder = _Builder(repo, pipeline, output_run, inputs, where, binds, skymap)
+    WhereFilter([where, *(s.where for s in pipeline.stages)], binds, repo, None)  # syntax first
+    builder.check_dataset_types()
+    for stage in pipeline.stages:
+        builder.build_stage(stage)
+    if not builder.quanta:
+        what = f"the where-expression {where!r}" if where else "the inputs"
+        raise NothingSelectedError(
+            f"nothing to do: {what} select(s) no data for pipeline {pipeline.source} "
+            f"(stages {', '.join(pipeline.labels)}) in collections {builder.search}"
+        )
+    builder.mark_done(clobber)
+    return QuantumGraph(
+        pipeline,
+        builder.output_run,
+        builder.search,
+        builder.quanta,
+        builder._skymap,
+        where,
+    )
+
+
+def dataset_types_to_register(graph: QuantumGraph) -> list[DatasetType]:
+    """The output dataset types of the graph's pipeline."""
+    return [
+        conn.as_dataset_type()
+        for s in graph.pipeline.stages
+        for conn in s.stage_class.outputs.values()
+    ]
+
+
+def used_tracts(graph: QuantumGraph) -> set[int]:
+    """Tracts that appear in the dataIds of the graph's quanta and outputs."""
+    tracts = {q.data_id.get("tract") for q in graph.quanta.values()}
+    tracts.discard(None)
+    return tracts  # type: ignore[return-value]
+
+
+__all__ = [
+    "ConfigChangedError",
+    "NothingSelectedError",
+    "Quantum",
+    "QuantumGraph",
+    "WhereFilter",
+    "build_graph",
+    "quantum_id_for",
+]
