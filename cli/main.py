@@ -526,5 +526,7 @@ def main() -> None:
     cli(prog_name="drp")
 
 
+from . import pipeline_commands  # noqa: E402,F401  (registers run, pipeline, provenance, skymap)
+
 if __name__ == "__main__":
     main()

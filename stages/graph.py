@@ -504,9 +504,9 @@ class _Builder:
                     v for v in uncovered if tuple(v[keys.index(k)] for k in shared) not in have
                 ]
                 if lacking:
+                    shown = [k for k in shared if k in regular[other].group.required] or shared
                     examples = "; ".join(
-                        str(dict(zip(shared, (v[keys.index(k)] for k in shared), strict=True)))
-                        for v in lacking[:_MAX_LISTED]
+                        str({k: v[keys.index(k)] for k in shown}) for v in lacking[:_MAX_LISTED]
                     )
                     raise DatasetNotFoundError(
                         f"stage {stage.label!r}: input {other!r} "
@@ -574,7 +574,7 @@ class _Builder:
         for name, (keys, index) in indexes.items():
             found = index.get(tuple(data_id.get(k) for k in keys), [])
             unique = {c.ref.id: c for c in found}
-            chosen = sorted(unique.values(), key=lambda c: _sort_key(c.ref.data_id.values()))
+            chosen = sorted(unique.values(), key=lambda c: _ref_order(c.ref))
             if not cls.inputs[name].multiple and len(chosen) > 1:
                 raise PipelineError(
                     f"stage {stage.label!r}: {len(chosen)} {cls.inputs[name].dataset_type} "
@@ -598,7 +598,7 @@ class _Builder:
             if not refs or (len(refs) > 1 and not conn.multiple):
                 missing.setdefault(name, []).append(data_id)
                 continue
-            inputs[name] = sorted(refs, key=lambda r: _sort_key(r.data_id.values()))
+            inputs[name] = sorted(refs, key=_ref_order)
         outputs = {}
         for name, conn in cls.outputs.items():
             dataset_type = conn.as_dataset_type()
@@ -649,6 +649,11 @@ class _Builder:
 
 
 _ABSENT = object()
+
+
+def _ref_order(ref: DatasetRef) -> tuple:
+    """Order of refs in a multiple input: by the values of their required dimensions."""
+    return _sort_key(ref.data_id[k] for k in ref.dataset_type.group.required)
 
 
 def _sort_key(values: Iterable[Any]) -> tuple:

@@ -246,7 +246,7 @@ class RegionOverlaps:
             )
         found = find_polygon_patches(self.skymap, polygons, self._boxes)
         result: dict[int | None, tuple[TractPatch, ...]] = {
-            d: tuple(f) for d, f in zip(detectors, found, strict=True)
+            d: tuple(f) for d, f in zip(detectors, found, strict=False) if detectors
         }
         result[None] = tuple(sorted({tp for f in found for tp in f}))
         self._visits[key] = result

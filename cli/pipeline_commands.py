@@ -1,0 +1,423 @@
+"""The pipeline commands of ``drp``: run, pipeline show, provenance and skymap.
+
+They are thin: parse options, call :mod:`stages`, print. Importing this module registers them on
+the :func:`cli.main.cli` group.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from repo.errors import DrpError
+from repo.regions import Circle, ConvexPolygon
+from repo.skymap import SkyMapConfig
+
+from .main import (
+    _binds,
+    _split,
+    bind_option,
+    cli,
+    collections_option,
+    format_option,
+    open_repo,
+    storage_option,
+    where_option,
+)
+from .output import format_rows
+
+config_option = click.option(
+    "--config",
+    "overrides",
+    multiple=True,
+    metavar="LABEL.KEY=VALUE",
+    help="Override a stage's config, e.g. calibrate.gain=1.5 (repeatable).",
+)
+
+
+@cli.command()
+@click.argument("repo")
+@click.argument("pipeline")
+@click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    required=True,
+    metavar="COLL",
+    help="Collections to read inputs from, searched in order (repeatable or a,b).",
+)
+@click.option("--output", "output_run", required=True, metavar="RUN", help="RUN for the outputs.")
+@where_option
+@bind_option
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (default: one per CPU); -j 1 runs serially in this process.",
+)
+@click.option(
+    "--dask",
+    default=None,
+    metavar="ADDR",
+    help="Run on a Dask cluster: tcp://scheduler:8786, or 'local' for a local cluster of -j "
+    "worker processes.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the quantum graph and do nothing.")
+@click.option("--details", is_flag=True, help="With --dry-run: list every quantum.")
+@click.option(
+    "--graph-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="With --dry-run: the graph as text or JSON.",
+)
+@click.option(
+    "--clobber",
+    is_flag=True,
+    help="Redo quanta whose outputs exist already; also the way to accept a changed config.",
+)
+@config_option
+@click.option("--skymap", default=None, help="Sky map to use if several are registered.")
+@storage_option
+def run(
+    repo: str,
+    pipeline: str,
+    inputs: Sequence[str],
+    output_run: str,
+    where: str,
+    binds: Sequence[str],
+    jobs: int | None,
+    dask: str | None,
+    dry_run: bool,
+    details: bool,
+    graph_format: str,
+    clobber: bool,
+    overrides: Sequence[str],
+    skymap: str | None,
+    storage_options: Sequence[str],
+) -> None:
+    """Run PIPELINE[#subset] on REPO: build the quantum graph, then run it in parallel.
+
+    Quanta whose outputs already exist in the output run with the same config are skipped, so
+    re-running the same command after a crash completes exactly what is missing. Outputs made
+    with another config are refused unless --clobber is given. Exits with status 1 if any
+    quantum failed (the summary lists each error; quanta downstream of a failure are blocked).
+
+    \b
+    Examples:
+      drp run ./repo drp#singleFrame --input raw,calib --output u/me/sfp -j 4
+      drp run ./repo my.yaml --input raw --output u/me/run --where "tract = 0 AND band = 'r'"
+      drp run s3://bucket/survey drp --input raw --output run1 --dask tcp://sched:8786
+    """
+    from stages.executors import run_graph
+    from stages.graph import build_graph
+    from stages.pipeline import Pipeline
+    from stages.progress import make_progress
+
+    pipe = Pipeline.load(pipeline, list(overrides))
+    r = open_repo(repo, storage_options)
+    graph = build_graph(
+        r,
+        pipe,
+        output_run=output_run,
+        inputs=_split(inputs),
+        where=where,
+        binds=_binds(binds),
+        clobber=clobber,
+        skymap=skymap,
+    )
+    if dry_run:
+        click.echo(graph.to_json() if graph_format == "json" else graph.describe(details=details))
+        return
+    counts = graph.counts()
+    to_run = sum(c["run"] for c in counts.values())
+    total = sum(c["quanta"] for c in counts.values())
+    if not to_run:
+        click.echo(f"nothing to do: all {total} quanta are done in run {output_run!r}")
+        return
+    click.echo(f"{to_run} of {total} quanta to run ({total - to_run} already done)", err=True)
+    summary = run_graph(
+        r, graph, jobs=jobs or os.cpu_count() or 1, dask=dask, progress=make_progress()
+    )
+    click.echo(summary.describe())
+    if not summary.ok:
+        sys.exit(1)
+
+
+@cli.group("pipeline")
+def pipeline_group() -> None:
+    """Inspect pipelines (YAML files, or 'drp' for the pipeline shipped with drp)."""
+
+
+@pipeline_group.command("show")
+@click.argument("pipeline")
+@config_option
+def pipeline_show(pipeline: str, overrides: Sequence[str]) -> None:
+    """Show the stages of PIPELINE[#subset]: dimensions, inputs, outputs, config, subsets.
+
+    Example: drp pipeline show drp#singleFrame --config isr.do_flat=false
+    """
+    from stages.pipeline import Pipeline
+
+    click.echo(Pipeline.load(pipeline, list(overrides)).describe())
+
+
+@cli.command()
+@click.argument("repo")
+@click.argument("dataset_type")
+@collections_option
+@where_option
+@bind_option
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="Quanta to follow back.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@storage_option
+def provenance(
+    repo: str,
+    dataset_type: str,
+    collections: Sequence[str],
+    where: str,
+    binds: Sequence[str],
+    depth: int | None,
+    fmt: str,
+    storage_options: Sequence[str],
+) -> None:
+    """Show how datasets were made: quanta and their inputs, back to the raws.
+
+    Example: drp provenance ./repo coadd --collections u/me/run --where "tract = 0 AND patch = 5"
+    """
+    from stages.provenance import trace_provenance
+
+    r = open_repo(repo, storage_options)
+    refs = r.query_datasets(
+        dataset_type, collections=_split(collections) or None, where=where, binds=_binds(binds)
+    )
+    if not refs:
+        raise DrpError(f"no {dataset_type} datasets match {where or 'the query'}")
+    graph = trace_provenance(r, refs, max_depth=depth)
+    click.echo(graph.to_json() if fmt == "json" else graph.to_text())
+
+
+# -- sky map -------------------------------------------------------------------------------------
+
+
+@cli.group()
+@click.argument("repo")
+@storage_option
+@click.pass_context
+def skymap(ctx: click.Context, repo: str, storage_options: Sequence[str]) -> None:
+    """Register a sky map in REPO, show it, and find what covers a position, region or visit.
+
+    \b
+    Examples:
+      drp skymap ./repo register --preset default
+      drp skymap ./repo show --tract 9000
+      drp skymap ./repo find --ra 150.1 --dec 2.2 --radius 0.5
+    """
+    ctx.obj = (repo, storage_options)
+
+
+def _skymap_repo(ctx: click.Context) -> Any:
+    repo, storage_options = ctx.obj
+    return open_repo(repo, storage_options)
+
+
+@skymap.command("register")
+@click.option(
+    "--preset",
+    type=click.Choice(["default", "lsst_like", "test"]),
+    default="default",
+    show_default=True,
+    help="Sky-map configuration (see repo.skymap).",
+)
+@click.option("--name", default=None, help="Name of the sky map (default: the preset's).")
+@click.option(
+    "--config-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="JSON sky-map configuration instead of a preset.",
+)
+@click.option("--tracts", multiple=True, metavar="IDS", help="Tracts to write records for.")
+@click.option("--no-visits", is_flag=True, help="Skip the tracts the repository's visits touch.")
+@click.pass_context
+def skymap_register(
+    ctx: click.Context,
+    preset: str,
+    name: str | None,
+    config_file: str | None,
+    tracts: Sequence[str],
+    no_visits: bool,
+) -> None:
+    """Register a sky map (its skymap record, and tract and patch records for the tracts
+    asked for and those the repository's visits overlap)."""
+    from stages.skymap_setup import PRESETS, register_skymap
+
+    if config_file:
+        with open(config_file, encoding="utf-8") as f:
+            config = SkyMapConfig.from_json(f.read())
+    else:
+        config = PRESETS[preset]()
+    if name:
+        config = SkyMapConfig.from_dict({**config.to_dict(), "name": name})
+    tract_ids = [int(t) for t in _split(tracts)]
+    result = register_skymap(_skymap_repo(ctx), config, tracts=tract_ids, for_visits=not no_visits)
+    click.echo(
+        f"registered sky map {config.name} ({result.skymap.num_tracts} tracts, hash "
+        f"{config.hash[:12]}); records for {len(result.tracts)} tract(s): "
+        f"{result.new_tract_records} new tract and {result.new_patch_records} new patch records"
+    )
+
+
+@skymap.command("show")
+@click.option("--name", default=None, help="Sky map name (needed if several are registered).")
+@click.option("--tract", type=int, default=None, help="Describe this tract.")
+@click.option("--patch", type=int, default=None, help="With --tract: describe this patch.")
+@format_option
+@click.pass_context
+def skymap_show(
+    ctx: click.Context, name: str | None, tract: int | None, patch: int | None, fmt: str
+) -> None:
+    """Show a registered sky map, one of its tracts, or one of its patches."""
+    from stages.skymap_setup import load_skymap
+
+    r = _skymap_repo(ctx)
+    sky = load_skymap(r, name)
+    if tract is None:
+        registered = r.query_dimension_records(
+            "tract", where="skymap = :name", binds={"name": sky.name}
+        )
+        row = {
+            "name": sky.name,
+            "hash": sky.config.hash,
+            "tracts": sky.num_tracts,
+            "tracts_with_records": len(registered),
+            **sky.config.to_dict(),
+        }
+        click.echo(format_rows([row], fmt))
+        return
+    info = sky.tract(tract)
+    if patch is None:
+        row = {
+            "tract": info.id,
+            "ring": info.ring,
+            "ra": info.center[0],
+            "dec": info.center[1],
+            "nx": info.bbox[0],
+            "ny": info.bbox[1],
+            "patches_x": info.num_patches[0],
+            "patches_y": info.num_patches[1],
+            "pixel_scale_arcsec": info.pixel_scale_arcsec,
+            "crval": list(info.wcs.wcs.crval),
+            "crpix": list(info.wcs.wcs.crpix),
+        }
+        click.echo(format_rows([row], fmt))
+        return
+    p = sky.patch(tract, patch)
+    ra, dec = p.outer_region.vertices_radec()
+    row = {
+        "tract": p.tract,
+        "patch": p.id,
+        "cell_x": p.index[0],
+        "cell_y": p.index[1],
+        "bbox": list(p.bbox),
+        "inner_bbox": list(p.inner_bbox),
+        "corners": [[round(float(a), 6), round(float(b), 6)] for a, b in zip(ra, dec, strict=True)],
+    }
+    click.echo(format_rows([row], fmt))
+
+
+@skymap.command("find")
+@click.option("--name", default=None, help="Sky map name (needed if several are registered).")
+@click.option("--ra", type=float, default=None, help="Right ascension (deg).")
+@click.option("--dec", type=float, default=None, help="Declination (deg).")
+@click.option("--radius", type=float, default=None, help="With --ra/--dec: a circle (deg).")
+@click.option("--region", default=None, help="A polygon as JSON [[ra, dec], ...] (deg).")
+@click.option("--visit", type=int, default=None, help="A visit's footprint (from its regions).")
+@click.option("--detector", type=int, default=None, help="With --visit: one detector.")
+@click.option("--instrument", default=None, help="With --visit: the instrument (if several).")
+@format_option
+@click.pass_context
+def skymap_find(
+    ctx: click.Context,
+    name: str | None,
+    ra: float | None,
+    dec: float | None,
+    radius: float | None,
+    region: str | None,
+    visit: int | None,
+    detector: int | None,
+    instrument: str | None,
+    fmt: str,
+) -> None:
+    """Which tracts and patches cover a position (the one owning it), a circle, a polygon or a
+    visit (its detectors' footprints); a region lists every patch whose outer box overlaps it.
+
+    \b
+    Examples:
+      drp skymap ./repo find --ra 150.1 --dec 2.2
+      drp skymap ./repo find --region "[[150,2],[151,2],[151,3],[150,3]]"
+      drp skymap ./repo find --visit 12 --detector 3
+    """
+    from stages.overlaps import RegionOverlaps
+    from stages.skymap_setup import find_region_patches, load_skymap
+
+    chosen = sum(x is not None for x in (region, visit)) + (ra is not None or dec is not None)
+    if chosen != 1:
+        raise click.UsageError("give exactly one of --ra/--dec, --region or --visit")
+    r = _skymap_repo(ctx)
+    sky = load_skymap(r, name)
+    if ra is not None or dec is not None:
+        if ra is None or dec is None:
+            raise click.UsageError("--ra and --dec go together")
+        if radius is None:
+            owner = sky.find_tract(ra, dec)
+            rows = [{"tract": owner, "patch": sky.find_patch(owner, ra, dec), "owns": True}]
+            click.echo(format_rows(rows, fmt))
+            return
+        pairs = find_region_patches(sky, Circle(ra, dec, radius))
+    elif region is not None:
+        try:
+            polygon = ConvexPolygon.from_json(region)
+        except DrpError as exc:
+            raise click.BadParameter(str(exc), param_hint="--region") from None
+        pairs = find_region_patches(sky, polygon)
+    else:
+        overlaps = RegionOverlaps.from_repository(r, sky)
+        inst = instrument or _only_instrument(r)
+        data_id = {"instrument": inst, "visit": visit}
+        if detector is not None:
+            data_id["detector"] = detector
+        pairs = list(overlaps.patches(data_id))
+    click.echo(format_rows([{"tract": t, "patch": p} for t, p in pairs], fmt))
+
+
+def _only_instrument(repo: Any) -> str:
+    names = [row["name"] for row in repo.query_dimension_records("instrument")]
+    if len(names) != 1:
+        raise click.UsageError(
+            f"say which instrument with --instrument ({', '.join(names) or 'none registered'})"
+        )
+    return names[0]
+
+
+def _register_on_script_copy() -> None:
+    """Give these commands to ``__main__``'s group too when drp runs as ``python -m cli.main``.
+
+    Then cli/main.py runs as the module ``__main__``, a second copy of ``cli.main`` with its own
+    ``cli`` group, while this module registered its commands on ``cli.main.cli``.
+    """
+    script = sys.modules.get("__main__")
+    spec = getattr(script, "__spec__", None)
+    group = getattr(script, "cli", None)
+    if spec is not None and spec.name == "cli.main" and isinstance(group, click.Group):
+        for name in ("run", "pipeline", "provenance", "skymap"):
+            if group is not cli and name not in group.commands:
+                group.add_command(cli.commands[name])
+
+
+_register_on_script_copy()
