@@ -155,7 +155,7 @@ def trace_provenance(
         wanted = {n.quantum_id for n in datasets.values() if n.quantum_id} - set(quanta)
         quanta.update(repo.registry.get_quanta(wanted))
         depth += 1
-        if max_depth is not None and depth > max_depth:
+        if max_depth is not None and depth >= max_depth:
             break
         next_ids: list[str] = []
         for dataset_id in frontier:

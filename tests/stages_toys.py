@@ -229,5 +229,5 @@ def toy_pipeline_yaml(**config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tests_dir() -> str:
-    return os.path.dirname(os.path.abspath(__file__))
+#: The folder of the tests (and of this module), for PYTHONPATH of subprocesses.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
