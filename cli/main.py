@@ -521,6 +521,72 @@ def sql(
     click.echo(format_rows(table.to_pylist(), fmt, table.column_names))
 
 
+@cli.command()
+@click.argument("repo", default="drp-demo")
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "default"]),
+    default="default",
+    show_default=True,
+    help="Survey size preset.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Simulation seed.")
+@click.option("--detectors", type=int, default=None, help="Detectors in the camera.")
+@click.option(
+    "--visits",
+    "epochs",
+    type=int,
+    default=None,
+    help="Epochs (each epoch observes every band once).",
+)
+@click.option("--bands", default=None, help="Bands, e.g. g,r,i.")
+@click.option("--size", type=int, default=None, help="Detector size in pixels (square).")
+@click.option("-j", "--jobs", type=int, default=0, help="Worker processes (default: all cores).")
+@storage_option
+def demo(
+    repo: str,
+    preset: str,
+    seed: int,
+    detectors: int | None,
+    epochs: int | None,
+    bands: str | None,
+    size: int | None,
+    jobs: int,
+    storage_options: Sequence[str],
+) -> None:
+    """Simulate a small survey into REPO and process it; run again to resume.
+
+    Example: drp demo ./drp-demo --preset tiny
+    """
+    from stages.demo import simulate_survey
+    from stages.simulate import SurveyConfig
+
+    options = {
+        "n_detectors": detectors,
+        "n_epochs": epochs,
+        "size": size,
+        "bands": tuple(_split([bands])) if bands else None,
+    }
+    config = SurveyConfig.from_preset(preset, seed=seed, **options)
+    r = Repository.create(repo, parse_storage_options(storage_options), exist_ok=True)
+    click.echo(
+        f"simulating the {preset} survey into {r.storage.url} "
+        f"({config.n_detectors} detectors of {config.size}^2, bands "
+        f"{','.join(config.bands)}, {config.n_epochs} epochs, seed {config.seed})"
+    )
+    summary = simulate_survey(r, config, jobs=jobs)
+    click.echo(
+        f"simulation: {summary.simulated} raws simulated, {summary.skipped} already there, "
+        f"{summary.megapixels:.1f} Mpix in {summary.seconds:.1f} s "
+        f"({summary.mpix_per_second:.2f} Mpix/s)"
+    )
+    counts = r.sql(
+        "SELECT dataset_type, run, count(*) AS n FROM datasets "
+        "GROUP BY ALL ORDER BY run, dataset_type"
+    )
+    click.echo(format_rows(counts.to_pylist(), "table", ["run", "dataset_type", "n"]))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="drp")

@@ -111,7 +111,7 @@ def _ingest_one(
     except Exception as exc:
         raise DrpError(f"{item.source}: not a valid FITS file ({exc})") from exc
     if transfer == "direct":
-        return repo.record_external(ref, os.path.abspath(item.source), data)
+        return repo.record_external(ref, os.path.abspath(item.source), data, mode=mode)
     return repo.store_bytes(
         ref, data, mode=mode, link_from=item.source if transfer == "link" else None
     )

@@ -389,11 +389,21 @@ class Repository:
         uri: str,
         data: bytes | None = None,
         *,
+        mode: str = "error",
         provenance: Provenance | None = None,
     ) -> DatasetRef:
-        """Record a file left in place outside the repository (ingest with ``direct``)."""
+        """Record a file left in place outside the repository (ingest with ``direct``).
+
+        ``mode`` says what to do if the dataset is recorded already: ``error``, ``skip`` or
+        ``overwrite`` (record the new location).
+        """
         if "://" not in uri:
             uri = "file://" + os.path.abspath(uri)
+        existing = self._recorded(ref)
+        if existing is not None and mode == "skip":
+            return existing
+        if existing is not None and mode == "error":
+            raise DatasetExistsError(f"{ref} already exists (id {ref.id}); use skip or overwrite")
         if data is None:
             data = self._read_external(uri)
         self.registry.register_run(ref.run)
@@ -403,7 +413,9 @@ class Repository:
             self._pending.append(row)
         else:
             self.registry.commit_datasets([row])
-        return external
+        return DatasetRef(
+            ref.dataset_type, ref.data_id, ref.run, ref.id, uri, len(data), row["checksum"]
+        )
 
     # -- finding and reading ---------------------------------------------------------------------
 

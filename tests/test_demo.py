@@ -1,0 +1,111 @@
+"""The embedded default: `drp demo` on the tiny preset, resuming, and ingesting its raws."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+
+from cli.main import cli
+from repo.errors import DrpError
+from repo.ingest import ingest
+from repo.repository import Repository
+from stages.simulate import SurveyConfig, make_plan
+
+
+@pytest.fixture(scope="module")
+def demo_repo(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("demo") / "repo")
+    result = CliRunner().invoke(
+        cli, ["demo", path, "--preset", "tiny", "-j", "2"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return path, result.output
+
+
+def test_tiny_demo_writes_the_survey(demo_repo):
+    path, output = demo_repo
+    plan = make_plan(SurveyConfig.from_preset("tiny"))
+    n_exposures = len(plan.visits) + len(plan.calibrations)
+    n_detectors = len(plan.camera.detectors)
+    repo = Repository(path)
+    assert len(repo.query_datasets("raw")) == n_exposures * n_detectors
+    assert len(repo.query_datasets("truth")) == len(plan.visits) * n_detectors
+    science = repo.query_datasets("raw", where="visit.observation_type = 'science'")
+    assert len(science) == len(plan.visits) * n_detectors
+    flats = repo.query_data_ids(["visit"], where="visit.observation_type = 'flat' AND band = 'r'")
+    assert len(flats) == plan.config.n_flat
+    assert f"{n_exposures * n_detectors} raws simulated, 0 already there" in output
+    assert repo.verify().ok
+    # a raw is a real multi-extension FITS file with one HDU per amplifier
+    raw = repo.get(science[0])
+    assert raw[0].header["INSTRUME"] == "SimCam"
+    assert len(raw) == 1 + len(plan.camera.detector(0).amplifiers)
+    regions = repo.query_dimension_records("visit_detector_region")
+    assert len(regions) == len(plan.visits) * n_detectors
+
+
+def test_demo_resumes_and_refuses_another_survey(demo_repo):
+    path, _ = demo_repo
+    again = CliRunner().invoke(cli, ["demo", path, "--preset", "tiny", "-j", "1"])
+    assert again.exit_code == 0, again.output
+    assert "0 raws simulated" in again.output
+    other = CliRunner().invoke(cli, ["demo", path, "--preset", "tiny", "--seed", "7"])
+    assert other.exit_code == 1
+    assert "another configuration" in other.output and "'seed': (1, 7)" in other.output
+
+
+@pytest.mark.parametrize("transfer", ["copy", "link", "direct"])
+def test_ingest_raw_files(demo_repo, tmp_path, transfer):
+    """SimCam raws written as files are ingested by copy, hard link or left in place."""
+    source = Repository(demo_repo[0])
+    refs = source.query_datasets("raw", where="visit.observation_type = 'science'")[:3]
+    files = []
+    for ref in refs:
+        out = tmp_path / os.path.basename(ref.path)
+        out.write_bytes(source.storage.get_bytes(ref.path))
+        files.append(str(out))
+    repo = Repository.create(str(tmp_path / "ingested"))
+    ingested = ingest(repo, files, run="SimCam/raw", transfer=transfer)
+    assert sorted((r.data_id["visit"], r.data_id["detector"]) for r in ingested) == sorted(
+        (r.data_id["visit"], r.data_id["detector"]) for r in refs
+    )
+    for ref, path in zip(
+        sorted(ingested, key=lambda r: r.data_id["visit"] * 10 + r.data_id["detector"]),
+        sorted(files, key=lambda f: _key(f)),
+        strict=True,
+    ):
+        got = repo.get(ref)
+        with fits.open(path) as expected:
+            assert (got[1].data == expected[1].data).all()
+        if transfer == "direct":
+            assert ref.path == "file://" + path
+        else:
+            stored = repo.storage.full_path(ref.path)
+            assert Path(stored).read_bytes() == Path(path).read_bytes()
+            if transfer == "link":
+                assert os.stat(stored).st_ino == os.stat(path).st_ino
+    assert repo.verify().ok
+    with pytest.raises(DrpError, match="already exists"):
+        ingest(repo, files[:1], run="SimCam/raw", transfer=transfer)
+    assert len(ingest(repo, files, run="SimCam/raw", transfer=transfer, mode="skip")) == 3
+
+
+def _key(path: str) -> int:
+    header = fits.getheader(path, 0)
+    return int(header["EXPNUM"]) * 10 + int(header["CCDNUM"]) if "EXPNUM" in header else 0
+
+
+def test_ingest_bad_files_is_clear_and_changes_nothing(tmp_path):
+    repo = Repository.create(str(tmp_path / "r"))
+    bad = tmp_path / "bad.fits"
+    bad.write_bytes(b"this is not FITS")
+    with pytest.raises(DrpError, match="bad.fits"):
+        ingest(repo, [str(bad)], run="x", instrument="SimCam")
+    with pytest.raises(DrpError, match="no such file"):
+        ingest(repo, [str(tmp_path / "missing.fits")], run="x")
+    assert repo.query_datasets() == []
+    assert repo.verify().ok
