@@ -1,0 +1,333 @@
+"""The single-visit PSF model: the camera's optical PSF convolved with a fitted atmosphere.
+
+:class:`OpticalAtmospherePsf` is the PSF of one (visit, detector). It has two parts:
+
+* the **optical** (telescope/camera) part, known from the instrument model (our stand-in for
+  wavefront sensing and metrology): an elliptical Gaussian whose FWHM and ellipticity are sampled
+  from :meth:`repo.instruments.simcam.SimCam.optical_psf_params` on a grid of nodes over the
+  detector and interpolated with bicubic splines (:class:`OpticalField`); absent (``None``) when
+  the instrument has no optical model (real DECam data), and the atmosphere alone is then the PSF;
+* the **atmospheric** part, fitted per visit (:mod:`stages.psf_determination`): a Moffat profile
+  of index ``beta`` whose FWHM and ellipticity (distortions ``e1``, ``e2``) are polynomials in the
+  pixel position (:class:`MoffatField`).
+
+The PSF at ``(x, y)`` is their convolution, drawn with the pixel response by GalSim (the same
+rendering as the simulator). Rendering costs milliseconds, so :meth:`kernel_image` interpolates
+bilinearly between kernels drawn once at the nodes of a grid (spacing at most
+``grid_spacing`` pixels) and cached; :meth:`render` draws the exact model at any position and
+sub-pixel offset.
+
+FITS form (``PSFTYPE = 'OPTATM'``): HDU ``PSF`` holds the atmospheric polynomial coefficients
+(rows ``fwhm``, ``e1``, ``e2``) with the scalar parameters as header cards; HDU ``PSF_OPTICAL``
+(only with an optical part) holds the optical node values (planes ``fwhm``, ``e1``, ``e2``). All
+values are float64, so the round trip is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from scipy.interpolate import RectBivariateSpline
+
+from repo.errors import CorruptDatasetError
+from repo.formatters.fits import exact_float_card
+from repo.psf import Psf
+
+#: GalSim accuracy used to draw the model (as the simulator: 0.1% folding, 1e-4 k-space cut).
+FOLDING_THRESHOLD = 1e-3
+MAXK_THRESHOLD = 1e-4
+
+
+def polynomial_terms(u: Any, v: Any, degree: int) -> np.ndarray:
+    """Terms ``u**i * v**j`` (``i + j <= degree``, u powers fastest) as shape ``(nterms, ...)``."""
+    u = np.asarray(u, dtype=float)
+    v = np.asarray(v, dtype=float)
+    return np.array([u**i * v**j for j in range(degree + 1) for i in range(degree + 1 - j)])
+
+
+def n_polynomial_terms(degree: int) -> int:
+    """Number of terms of a 2-D polynomial of total degree ``degree``."""
+    return (degree + 1) * (degree + 2) // 2
+
+
+@dataclass(frozen=True)
+class MoffatField:
+    """A Moffat atmospheric PSF whose FWHM and ellipticity vary as polynomials over a detector.
+
+    With ``u = (x - xc) / xs`` and ``v = (y - yc) / ys`` (``xc, yc`` the detector centre and
+    ``xs, ys`` half its size), ``fwhm(x, y) = sum_k fwhm_coeffs[k] * t_k(u, v)`` (pixels), and the
+    same for ``e1`` and ``e2`` (distortions in the detector pixel frame), with the terms ``t_k``
+    of :func:`polynomial_terms`.
+
+    Parameters
+    ----------
+    beta : float
+        Moffat index (> 1).
+    coeffs : numpy.ndarray
+        ``(3, nterms)`` coefficients of fwhm, e1 and e2.
+    width, height : int
+        Detector size in pixels (fixes the normalization of ``u, v``).
+    """
+
+    beta: float
+    coeffs: np.ndarray
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        coeffs = np.array(self.coeffs, dtype=np.float64)
+        if coeffs.ndim != 2 or coeffs.shape[0] != 3:
+            raise ValueError(f"MoffatField: coeffs must have shape (3, nterms), got {coeffs.shape}")
+        degree = (math.isqrt(8 * coeffs.shape[1] + 1) - 3) // 2
+        if n_polynomial_terms(degree) != coeffs.shape[1]:
+            raise ValueError(f"MoffatField: {coeffs.shape[1]} is not a 2-D polynomial's terms")
+        if not (math.isfinite(self.beta) and self.beta > 1.0):
+            raise ValueError(f"MoffatField: beta must be finite and > 1, got {self.beta}")
+        if not np.isfinite(coeffs).all():
+            raise ValueError("MoffatField: coefficients must be finite")
+        coeffs.flags.writeable = False
+        object.__setattr__(self, "coeffs", coeffs)
+        object.__setattr__(self, "beta", float(self.beta))
+
+    @property
+    def degree(self) -> int:
+        """Total degree of the polynomials."""
+        return (math.isqrt(8 * self.coeffs.shape[1] + 1) - 3) // 2
+
+    def normalized(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized coordinates ``(u, v)`` in [-1, 1] over the detector."""
+        xs, ys = 0.5 * (self.width - 1), 0.5 * (self.height - 1)
+        return (np.asarray(x, float) - xs) / xs, (np.asarray(y, float) - ys) / ys
+
+    def terms(self, x: Any, y: Any) -> np.ndarray:
+        """Polynomial terms at pixel positions, shape ``(nterms, ...)``."""
+        u, v = self.normalized(x, y)
+        return polynomial_terms(u, v, self.degree)
+
+    def params(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FWHM (pixels), e1 and e2 at pixel positions."""
+        values = np.tensordot(self.coeffs, self.terms(x, y), axes=1)
+        return values[0], values[1], values[2]
+
+
+@dataclass(frozen=True)
+class OpticalField:
+    """The optical PSF (an elliptical Gaussian) sampled on a grid of nodes over a detector.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(3, ny_nodes, nx_nodes)``: FWHM (pixels), e1 and e2 at the nodes, which are equally
+        spaced from pixel 0 to ``width - 1`` (``height - 1``) along each axis.
+    width, height : int
+        Detector size in pixels.
+    """
+
+    values: np.ndarray
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        values = np.array(self.values, dtype=np.float64)
+        if values.ndim != 3 or values.shape[0] != 3 or min(values.shape[1:]) < 4:
+            raise ValueError(
+                f"OpticalField: values must have shape (3, ny>=4, nx>=4), got {values.shape}"
+            )
+        if not np.isfinite(values).all() or not (values[0] > 0).all():
+            raise ValueError("OpticalField: values must be finite with positive FWHM")
+        values.flags.writeable = False
+        object.__setattr__(self, "values", values)
+        xn, yn = self.nodes()
+        splines = [RectBivariateSpline(yn, xn, plane, kx=3, ky=3) for plane in values]
+        object.__setattr__(self, "_splines", splines)
+
+    def nodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Node positions along x and along y (pixels)."""
+        ny, nx = self.values.shape[1:]
+        return np.linspace(0.0, self.width - 1, nx), np.linspace(0.0, self.height - 1, ny)
+
+    @classmethod
+    def from_camera(
+        cls, camera: Any, detector: int, band: str, width: int, height: int, n_nodes: int = 6
+    ) -> OpticalField:
+        """Sample ``camera.optical_psf_params(detector, x, y, band)`` on ``n_nodes`` per axis."""
+        xn = np.linspace(0.0, width - 1, n_nodes)
+        yn = np.linspace(0.0, height - 1, n_nodes)
+        xx, yy = np.meshgrid(xn, yn)
+        fwhm, e1, e2 = camera.optical_psf_params(detector, xx, yy, band)
+        values = np.array([fwhm, e1, e2], dtype=float).reshape(3, n_nodes, n_nodes)
+        return cls(values, width, height)
+
+    def params(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FWHM (pixels), e1 and e2 at pixel positions (bicubic spline between nodes)."""
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        out = [s(y, x, grid=False) for s in self._splines]  # type: ignore[attr-defined]
+        return out[0], out[1], out[2]
+
+
+class OpticalAtmospherePsf(Psf):
+    """Optical part (from the instrument model) convolved with a fitted Moffat atmosphere.
+
+    Parameters
+    ----------
+    atmosphere : MoffatField
+        The fitted atmospheric part.
+    optical : OpticalField or None
+        The optical part; ``None`` when no instrument model is available.
+    kernel_size : int
+        Odd size of the kernel images.
+    grid_spacing : float
+        Largest distance in pixels between the nodes at which :meth:`kernel_image` draws and
+        caches kernels (it interpolates bilinearly between them).
+    """
+
+    type_name = "OPTATM"
+
+    def __init__(
+        self,
+        atmosphere: MoffatField,
+        optical: OpticalField | None,
+        kernel_size: int = 41,
+        grid_spacing: float = 64.0,
+    ) -> None:
+        if isinstance(kernel_size, bool) or int(kernel_size) != kernel_size or kernel_size % 2 == 0:
+            raise ValueError(f"OpticalAtmospherePsf: kernel_size must be odd, got {kernel_size}")
+        if not (math.isfinite(grid_spacing) and grid_spacing > 0):
+            raise ValueError(f"OpticalAtmospherePsf: grid_spacing must be > 0: {grid_spacing}")
+        if optical is not None and (optical.width, optical.height) != (
+            atmosphere.width,
+            atmosphere.height,
+        ):
+            raise ValueError("OpticalAtmospherePsf: optical and atmospheric parts differ in size")
+        self.atmosphere = atmosphere
+        self.optical = optical
+        self.kernel_size = int(kernel_size)
+        self.grid_spacing = float(grid_spacing)
+        self.width, self.height = atmosphere.width, atmosphere.height
+        nx = max(2, math.ceil((self.width - 1) / self.grid_spacing) + 1)
+        ny = max(2, math.ceil((self.height - 1) / self.grid_spacing) + 1)
+        self._x_nodes = np.linspace(0.0, self.width - 1, nx)
+        self._y_nodes = np.linspace(0.0, self.height - 1, ny)
+        self._node_kernels: dict[tuple[int, int], np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"OpticalAtmospherePsf(beta={self.atmosphere.beta}, degree={self.atmosphere.degree}, "
+            f"optical={'yes' if self.optical is not None else 'no'}, size={self.kernel_size})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OpticalAtmospherePsf):
+            return NotImplemented
+        same_optical = (self.optical is None) == (other.optical is None) and (
+            self.optical is None or np.array_equal(self.optical.values, other.optical.values)
+        )
+        a, b = self.atmosphere, other.atmosphere
+        return (
+            same_optical
+            and (a.beta, a.width, a.height) == (b.beta, b.width, b.height)
+            and np.array_equal(a.coeffs, b.coeffs)
+            and (self.kernel_size, self.grid_spacing) == (other.kernel_size, other.grid_spacing)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------------------ rendering
+    def profile(self, x: float, y: float) -> Any:
+        """The GalSim profile (unit flux, pixel units, no pixel response) at ``(x, y)``."""
+        import galsim
+
+        gsparams = galsim.GSParams(
+            folding_threshold=FOLDING_THRESHOLD, maxk_threshold=MAXK_THRESHOLD
+        )
+        fwhm, e1, e2 = (float(p) for p in self.atmosphere.params(x, y))
+        profile = galsim.Moffat(beta=self.atmosphere.beta, fwhm=fwhm, gsparams=gsparams)
+        profile = profile.shear(e1=e1, e2=e2)
+        if self.optical is not None:
+            ofwhm, oe1, oe2 = (float(p) for p in self.optical.params(x, y))
+            optical = galsim.Gaussian(fwhm=ofwhm, gsparams=gsparams).shear(e1=oe1, e2=oe2)
+            profile = galsim.Convolve(profile, optical, gsparams=gsparams)
+        return profile
+
+    def render(self, x: float, y: float, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+        """The exact model at ``(x, y)`` drawn with the pixel response, centred ``offset`` pixels
+        from the central pixel's centre, normalized to sum 1 (slow: milliseconds)."""
+        n = self.kernel_size
+        image = self.profile(x, y).drawImage(
+            nx=n, ny=n, scale=1.0, method="auto", offset=(float(offset[0]), float(offset[1]))
+        )
+        array = image.array.astype(np.float64)
+        return array / array.sum()
+
+    def _node_kernel(self, i: int, j: int) -> np.ndarray:
+        key = (i, j)
+        if key not in self._node_kernels:
+            self._node_kernels[key] = self.render(self._x_nodes[i], self._y_nodes[j])
+        return self._node_kernels[key]
+
+    def kernel_images(self, x: Any, y: Any) -> np.ndarray:
+        """Kernels at many positions, ``(n, size, size)``, interpolated between cached nodes."""
+        x = np.atleast_1d(np.asarray(x, dtype=float))
+        y = np.atleast_1d(np.asarray(y, dtype=float))
+        fx = np.clip(np.interp(x, self._x_nodes, np.arange(self._x_nodes.size)), 0, None)
+        fy = np.clip(np.interp(y, self._y_nodes, np.arange(self._y_nodes.size)), 0, None)
+        i0 = np.minimum(fx.astype(int), self._x_nodes.size - 2)
+        j0 = np.minimum(fy.astype(int), self._y_nodes.size - 2)
+        tx, ty = fx - i0, fy - j0
+        out = np.zeros((x.size, self.kernel_size, self.kernel_size))
+        for di, dj in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            weight = (tx if di else 1.0 - tx) * (ty if dj else 1.0 - ty)
+            cells = set(zip((i0 + di).tolist(), (j0 + dj).tolist(), strict=True))
+            for i, j in cells:
+                sel = ((i0 + di) == i) & ((j0 + dj) == j)
+                out[sel] += weight[sel, None, None] * self._node_kernel(i, j)
+        return out
+
+    def kernel_image(self, x: float, y: float) -> np.ndarray:
+        return self.kernel_images(x, y)[0]
+
+    # ----------------------------------------------------------------------------------- FITS
+    def to_hdus(self) -> list[fits.ImageHDU]:
+        atm = self.atmosphere
+        hdu = fits.ImageHDU(np.array(atm.coeffs), name="PSF")
+        header = hdu.header
+        header["PSFTYPE"] = (self.type_name, "optical x Moffat atmosphere (stages.psf_model)")
+        header.append(exact_float_card("PSFBETA", atm.beta, "Moffat index of the atmosphere"))
+        header["PSFDEG"] = (atm.degree, "degree of the atmospheric polynomials")
+        header["PSFWIDTH"] = (atm.width, "[pixel] detector width")
+        header["PSFHEIGH"] = (atm.height, "[pixel] detector height")
+        header["PSFSIZE"] = (self.kernel_size, "[pixel] kernel size")
+        header.append(exact_float_card("PSFGRID", self.grid_spacing, "[pixel] cache node step"))
+        header["PSFOPTIC"] = (self.optical is not None, "has an optical part (PSF_OPTICAL)")
+        header["COMMENT"] = "rows: fwhm [pixel], e1, e2 polynomial coefficients"
+        hdus = [hdu]
+        if self.optical is not None:
+            optical = fits.ImageHDU(np.array(self.optical.values), name="PSF_OPTICAL")
+            optical.header["COMMENT"] = "planes: optical fwhm [pixel], e1, e2 at the grid nodes"
+            hdus.append(optical)
+        return hdus
+
+    @classmethod
+    def _from_hdus(cls, hdus: Sequence[Any]) -> OpticalAtmospherePsf:
+        header = hdus[0].header
+        width, height = int(header["PSFWIDTH"]), int(header["PSFHEIGH"])
+        if hdus[0].data is None:
+            raise CorruptDatasetError("PSF: OPTATM PSF HDU has no coefficients")
+        atmosphere = MoffatField(
+            float(header["PSFBETA"]), np.asarray(hdus[0].data, np.float64), width, height
+        )
+        if atmosphere.degree != int(header["PSFDEG"]):
+            raise CorruptDatasetError("PSF: OPTATM coefficients do not match PSFDEG")
+        optical = None
+        if header["PSFOPTIC"]:
+            named = [h for h in hdus[1:] if h.name == "PSF_OPTICAL"]
+            if not named or named[0].data is None:
+                raise CorruptDatasetError("PSF: OPTATM model lacks its PSF_OPTICAL HDU")
+            optical = OpticalField(np.asarray(named[0].data, np.float64), width, height)
+        return cls(atmosphere, optical, int(header["PSFSIZE"]), float(header["PSFGRID"]))
