@@ -1,0 +1,239 @@
+"""Astrometric calibration (stages.astrometry, stages.refcat) against the simulator's truth.
+
+Source catalogs are made from the truth tables of the default-preset survey with realistic
+centroid noise (sigma = FWHM / (2.355 S/N) per axis, S/N from the star's electrons and the sky
+in a seeing disc), so these tests run in well under a second per detector without rendering.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from repo.errors import DrpError
+from repo.instruments.simcam import inverse_gnomonic
+from stages.astrometry import (
+    AstrometryConfig,
+    add_sky_coordinates,
+    calibrate_astrometry,
+    fit_order,
+    fit_tan_sip,
+    sky_residuals_mas,
+)
+from stages.refcat import apply_proper_motion, mjd_to_epoch, select_region
+from stages.simulate import SurveyConfig, make_plan, make_sky
+from stages.simulate.sky import star_positions
+from stages.simulate.truth import visit_sources
+
+SATURATION_ELECTRONS = 1.5e6  # total electrons of a star that fills the central pixel
+
+
+@pytest.fixture(scope="module")
+def survey():
+    config = SurveyConfig.from_preset("default", seed=5, pointing_error_arcsec=0.0)
+    plan = make_plan(config)
+    return config, plan, make_sky(config, plan)
+
+
+def noisy_catalog(plan, sky, visit, detector: int, rng: np.random.Generator):
+    """(sources, truth) of the stars on a detector, with centroid and flux noise."""
+    truth = visit_sources(plan, sky, visit, detector)
+    truth = truth[np.asarray(truth["on_detector"]) & (truth["source_type"] == "star")]
+    electrons = np.asarray(truth["flux_electrons"], float)
+    fwhm_px = visit.conditions.seeing / plan.camera.config.pixel_scale_arcsec
+    noise = np.sqrt(electrons + math.pi * fwhm_px**2 * visit.conditions.sky_level)
+    snr = electrons / noise
+    sigma = fwhm_px / 2.355 / snr
+    keep = (snr > 5) & (electrons < SATURATION_ELECTRONS)
+    sources = Table(
+        {
+            "x": np.asarray(truth["x"]) + rng.normal(0.0, sigma),
+            "y": np.asarray(truth["y"]) + rng.normal(0.0, sigma),
+            "xErr": sigma,
+            "yErr": sigma,
+            "psfFlux": electrons + rng.normal(0.0, noise),
+            "psfFluxErr": noise,
+        }
+    )
+    truth["snr"] = snr
+    return sources[keep], truth[keep]
+
+
+def offset_wcs(camera, visit, detector: int, offset_arcsec: float, angle_deg: float, rot: float):
+    """The camera WCS of a pointing displaced from the truth by an offset and a rotation."""
+    c = visit.conditions
+    a = math.radians(angle_deg)
+    shift = offset_arcsec / 3600.0
+    ra, dec = inverse_gnomonic(shift * math.cos(a), shift * math.sin(a), c.true_ra, c.true_dec)
+    return camera.wcs(detector, float(ra), float(dec), c.true_rotation + rot)
+
+
+@pytest.mark.parametrize("offset_arcsec", [0.0, 30.0, 45.0])
+def test_wcs_against_truth_survives_pointing_error(survey, offset_arcsec):
+    config, plan, sky = survey
+    rng = np.random.default_rng(11)
+    bright_resid, wcs_resid, used = [], [], []
+    for k, visit in enumerate(plan.visits[:3]):
+        for detector in range(config.n_detectors):
+            sources, truth = noisy_catalog(plan, sky, visit, detector, rng)
+            angle = 90.0 * k + 30.0 * detector
+            initial = offset_wcs(plan.camera, visit, detector, offset_arcsec, angle, rot=0.25)
+            result = calibrate_astrometry(
+                sources, sky.refcat, initial, (config.size, config.size), mjd_to_epoch(visit.mjd)
+            )
+            assert result.order == 1  # the camera's distortion model is the prior
+            assert result.offset_arcsec == pytest.approx(offset_arcsec, abs=3.0)
+            used.append(result.n_used)
+            bright = truth["snr"] > 100
+            dxi, deta = sky_residuals_mas(
+                result.wcs, sources["x"][bright], sources["y"][bright],
+                truth["ra"][bright], truth["dec"][bright],
+            )  # fmt: skip
+            bright_resid.append(np.hypot(dxi, deta))
+            dxi, deta = sky_residuals_mas(
+                result.wcs, truth["x"], truth["y"], truth["ra"], truth["dec"]
+            )
+            wcs_resid.append(np.hypot(dxi, deta))
+    bright_rms = math.sqrt(np.mean(np.concatenate(bright_resid) ** 2))
+    wcs_rms = math.sqrt(np.mean(np.concatenate(wcs_resid) ** 2))
+    # Calibrated positions of bright stars vs truth: the issue's bar is 10 mas (aim 5).
+    assert bright_rms < 5.0, bright_rms
+    # The WCS itself, evaluated at the true pixel positions: a few mas at most.
+    assert wcs_rms < 3.0, wcs_rms
+    assert min(used) >= 15
+
+
+def test_rms_reflects_centroid_noise(survey):
+    config, plan, sky = survey
+    visit = plan.visits[1]
+    sources, _ = noisy_catalog(plan, sky, visit, 0, np.random.default_rng(2))
+    initial = offset_wcs(plan.camera, visit, 0, 20.0, 10.0, rot=0.0)
+    epoch = mjd_to_epoch(visit.mjd)
+    clean = calibrate_astrometry(sources, sky.refcat, initial, (config.size,) * 2, epoch)
+    noisy = sources.copy()
+    noisy["x"] += np.random.default_rng(3).normal(0.0, 0.2, len(noisy))  # 40 mas per axis
+    worse = calibrate_astrometry(noisy, sky.refcat, initial, (config.size,) * 2, epoch)
+    assert clean.rms_mas < 15.0
+    assert 30.0 < worse.rms_mas < 60.0 + clean.rms_mas
+    assert np.all(np.abs(clean.matches["dxi_mas"][clean.matches["used"]]) < 200.0)
+
+
+def test_proper_motion_matches_simulator(survey):
+    _, plan, sky = survey
+    mjd = plan.visits[-1].mjd
+    moved = apply_proper_motion(sky.refcat, mjd_to_epoch(mjd))
+    stars = sky.stars[np.isin(sky.stars["id"], sky.refcat["id"])]
+    ra, dec = star_positions(stars, mjd)
+    # The catalog adds its own position and proper-motion errors: compare with the truth moved.
+    catalog_err = np.hypot(moved["ra_err"], 0.0) * 5  # 5 sigma, mas
+    dra = (moved["ra"] - ra) * np.cos(np.radians(dec)) * 3.6e6
+    ddec = (moved["dec"] - dec) * 3.6e6
+    assert np.all(np.abs(dra) < catalog_err + 1e-6)
+    assert np.all(np.abs(ddec) < catalog_err + 1e-6)
+    # And the motion applied is exactly pm * dt.
+    dt = mjd_to_epoch(mjd) - 2016.0
+    assert np.allclose((moved["dec"] - sky.refcat["dec"]) * 3.6e6, sky.refcat["pm_dec"] * dt)
+    assert np.all(moved["epoch"] == pytest.approx(mjd_to_epoch(mjd)))
+    assert np.all(moved["dec_err"] >= sky.refcat["dec_err"])
+
+
+def test_epoch_conversion_and_region():
+    assert mjd_to_epoch(51544.5) == 2000.0
+    assert mjd_to_epoch(57388.5) == pytest.approx(2016.0)
+    table = Table(
+        {
+            "id": [1, 2], "ra": [10.0, 10.0], "dec": [0.0, 0.02], "ra_err": [1.0, 1.0],
+            "dec_err": [1.0, 1.0], "pm_ra": [0.0, 0.0], "pm_dec": [0.0, 0.0],
+            "pm_ra_err": [0.0, 0.0], "pm_dec_err": [0.0, 0.0], "epoch": [2016.0, 2016.0],
+        }
+    )  # fmt: skip
+    assert list(select_region(table, 10.0, 0.0, 0.01)["id"]) == [1]
+    with pytest.raises(DrpError, match="lacks the columns"):
+        select_region(table[["id", "ra"]], 10.0, 0.0, 1.0)
+
+
+def test_fit_order_follows_star_count():
+    assert [fit_order(n, 3) for n in (1, 5, 6, 17, 18, 29, 30, 500)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert fit_order(500, 1) == 1
+    with pytest.raises(DrpError):
+        fit_order(0, 3)
+
+
+def test_sip_fit_recovers_distortion_without_prior(survey):
+    """A plain TAN start: the SIP terms must come from the fit (the camera has 3 px at the edge)."""
+    config, plan, sky = survey
+    camera, visit = plan.camera, plan.visits[0]
+    c = visit.conditions
+    true_wcs = camera.wcs(3, c.true_ra, c.true_dec, c.true_rotation)
+    header = true_wcs.to_header(relax=False)  # TAN part only, no SIP
+    for key in ("CTYPE1", "CTYPE2"):
+        header[key] = header[key].replace("-SIP", "")
+    tan = WCS(header)
+    gy, gx = np.mgrid[0 : config.size : 64, 0 : config.size : 64]
+    x, y = gx.ravel().astype(float), gy.ravel().astype(float)
+    ra, dec = camera.pixel_to_sky(3, x, y, c.true_ra, c.true_dec, c.true_rotation)
+    for order, bound in ((1, 50.0), (3, 0.5)):
+        fitted = fit_tan_sip(x, y, ra, dec, tan, order, (config.size, config.size))
+        dxi, deta = sky_residuals_mas(fitted, x, y, ra, dec)
+        rms = math.sqrt(np.mean(dxi**2 + deta**2))
+        assert rms < bound, (order, rms)
+    assert rms < 0.5
+    # The linear fit cannot absorb the distortion: it must have been a real test.
+    linear = fit_tan_sip(x, y, ra, dec, tan, 1, (config.size, config.size))
+    dxi, _ = sky_residuals_mas(linear, x, y, ra, dec)
+    assert np.max(np.abs(dxi)) > 20.0
+    # The inverse polynomials are written too: world -> pixel round trip.
+    px, py = fitted.all_world2pix(ra, dec, 0)
+    assert np.max(np.hypot(px - x, py - y)) < 1e-3
+    assert fitted.sip is not None and fitted.to_header(relax=True)["A_ORDER"] == 3
+
+
+def test_shift_only_fit_keeps_the_projection(survey):
+    config, plan, _ = survey
+    c = plan.visits[0].conditions
+    camera = plan.camera
+    wcs = camera.wcs(0, c.true_ra, c.true_dec, c.true_rotation)
+    x, y = np.array([100.0, 900.0]), np.array([500.0, 200.0])
+    ra, dec = wcs.all_pix2world(x, y, 0)
+    moved = fit_tan_sip(x, y, ra + 1.0 / 3600.0, dec - 0.5 / 3600.0, wcs, 0, (1024, 1024))
+    dxi, deta = sky_residuals_mas(moved, x, y, ra + 1.0 / 3600.0, dec - 0.5 / 3600.0)
+    assert np.max(np.hypot(dxi, deta)) < 0.1
+    assert np.allclose(moved.wcs.cd, wcs.wcs.cd) and moved.sip is not None
+
+
+def test_errors_on_bad_input(survey):
+    config, plan, sky = survey
+    visit = plan.visits[0]
+    wcs = offset_wcs(plan.camera, visit, 0, 0.0, 0.0, 0.0)
+    with pytest.raises(DrpError, match="no column 'x'"):
+        calibrate_astrometry(Table({"y": [1.0]}), sky.refcat, wcs, (1024, 1024))
+    with pytest.raises(DrpError, match="at least 3"):
+        calibrate_astrometry(Table({"x": [1.0], "y": [2.0]}), sky.refcat, wcs, (1024, 1024))
+    with pytest.raises(DrpError, match="lacks the columns"):
+        calibrate_astrometry(Table({"x": [1.0], "y": [2.0]}), sky.refcat["id", "ra"], wcs, (9, 9))
+    # Sources with no counterpart anywhere near: the search must give up, not guess.
+    rng = np.random.default_rng(0)
+    far = offset_wcs(plan.camera, visit, 0, 600.0, 0.0, 0.0)
+    sources, _ = noisy_catalog(plan, sky, visit, 0, rng)
+    with pytest.raises(DrpError, match="match"):
+        calibrate_astrometry(
+            sources, sky.refcat, far, (1024, 1024), config=AstrometryConfig(min_matches=8)
+        )
+
+
+def test_sky_coordinates_columns(survey):
+    config, plan, sky = survey
+    visit = plan.visits[0]
+    sources, truth = noisy_catalog(plan, sky, visit, 1, np.random.default_rng(4))
+    c = visit.conditions
+    wcs = plan.camera.wcs(1, c.true_ra, c.true_dec, c.true_rotation)
+    out = add_sky_coordinates(sources, wcs)
+    assert out["coord_ra"].unit == "deg"
+    bright = truth["snr"] > 200
+    dra = (out["coord_ra"][bright] - truth["ra"][bright]) * np.cos(np.radians(c.true_dec))
+    assert np.max(np.abs(dra)) * 3.6e6 < 20.0
+    assert "coord_ra" not in sources.colnames
