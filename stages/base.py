@@ -48,7 +48,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any, ClassVar
 
 import yaml
@@ -106,13 +106,17 @@ class Connection:
     def __post_init__(self) -> None:
         object.__setattr__(self, "dimensions", sort_dimensions(self.dimensions))
 
-    @property
+    @cached_property
     def group(self) -> DimensionGroup:
         """Required and implied dimensions of the dataset type."""
         return DimensionGroup.from_names(self.dimensions)
 
     def as_dataset_type(self) -> DatasetType:
-        """The dataset type this connection reads or writes."""
+        """The dataset type this connection reads or writes (one shared object)."""
+        return self._dataset_type
+
+    @cached_property
+    def _dataset_type(self) -> DatasetType:
         return DatasetType(self.dataset_type, self.dimensions, self.storage_class)
 
     def describe(self) -> str:
@@ -167,7 +171,7 @@ class Stage(abc.ABC):
     @classmethod
     def quantum_group(cls) -> DimensionGroup:
         """Required and implied quantum dimensions."""
-        return DimensionGroup.from_names(cls.dimensions)
+        return _dimension_group(tuple(cls.dimensions))
 
     @classmethod
     def run_arguments(cls) -> set[str] | None:
@@ -233,6 +237,11 @@ class Stage(abc.ABC):
             missing = [n for n in cls.inputs if n not in accepted]
             if missing:
                 raise PipelineError(f"{where}: run() does not accept input(s) {missing}")
+
+
+@cache
+def _dimension_group(dimensions: tuple[str, ...]) -> DimensionGroup:
+    return DimensionGroup.from_names(dimensions)
 
 
 def _derivable(dimension: str, group: DimensionGroup) -> bool:

@@ -28,6 +28,7 @@ here, before any work starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +39,12 @@ import polars as pl
 
 from repo.dimensions import UNIVERSE, DataId, DimensionGroup
 from repo.errors import CollectionError, DatasetNotFoundError, DatasetTypeError
-from repo.registry import DatasetRef, DatasetType, check_collection_name, dataset_id_for
+from repo.registry import (
+    DATASET_ID_NAMESPACE,
+    DatasetRef,
+    DatasetType,
+    check_collection_name,
+)
 from repo.repository import Repository
 from repo.skymap import RingsSkyMap
 from repo.where import Column, Not, compile_where, evaluate_where, parse_where
@@ -76,7 +82,8 @@ class Quantum:
     inputs : dict
         Connection name -> input refs (one for a single input), prerequisites included.
     outputs : dict
-        Connection name -> the predicted output ref in the output run.
+        Connection name -> the predicted output ref in the output run (its path is filled in
+        when the quantum is sent to a worker, see :func:`stages.runner.make_spec`).
     upstream : set of str
         Ids of the quanta that produce some of the inputs.
     status : str
@@ -203,8 +210,21 @@ def _req(graph: QuantumGraph, quantum_id: str) -> tuple[str, ...]:
 
 
 def quantum_id_for(label: str, run: str, data_id: DataId) -> str:
-    """The deterministic id of the quantum of stage ``label`` for ``data_id`` in ``run``."""
-    return str(uuid.uuid5(QUANTUM_ID_NAMESPACE, f"{label}/{run}/{data_id.canonical()}"))
+    """The deterministic id of the quantum of stage ``label`` for ``data_id`` in ``run``.
+
+    ``data_id`` holds the required quantum dimensions only.
+    """
+    return _uuid5(QUANTUM_ID_NAMESPACE, f"{label}/{run}/{data_id.canonical()}")
+
+
+def _uuid5(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))``, without the UUID object (graph building makes
+    two per quantum)."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # -- the where-expression -----------------------------------------------------------------------
@@ -318,6 +338,16 @@ class _Candidate:
 
     ref: DatasetRef
     producer: str | None  # quantum id of the producing quantum in this graph
+    values: dict[str, Any]  # the dataId as a plain dict (fast lookups)
+    order: tuple  # sort key: the values of the required dimensions
+
+
+def _candidate(
+    ref: DatasetRef, producer: str | None = None, values: dict[str, Any] | None = None
+) -> _Candidate:
+    values = dict(ref.data_id.items()) if values is None else values
+    order = _sort_key(values[k] for k in ref.dataset_type.group.required)
+    return _Candidate(ref, producer, values, order)
 
 
 class _Builder:
@@ -402,20 +432,38 @@ class _Builder:
 
     def existing(self, dataset_type: str, where: WhereFilter | None) -> list[_Candidate]:
         refs = self.repo.query_datasets(dataset_type, collections=self.search)
-        if where:
-            refs = [r for r in refs if where.accepts(r.data_id)]
-        return [_Candidate(r, None) for r in refs]
+        return self.filtered([_candidate(r) for r in refs], where)
 
     def candidates(self, conn: Connection, where: WhereFilter) -> list[_Candidate]:
         if conn.dataset_type in self.producers:
-            found = self.available.get(conn.dataset_type, [])
-            return [c for c in found if where.accepts(c.ref.data_id)] if where else found
+            return self.filtered(self.available.get(conn.dataset_type, []), where)
         return self.existing(conn.dataset_type, where)
 
-    def projections(
-        self, conn: Connection, quantum: DimensionGroup, ref: DatasetRef
-    ) -> tuple[list[str], list[tuple]]:
-        """Keys of the quantum this input determines, and the value tuples for one dataset."""
+    def filtered(self, found: list[_Candidate], where: WhereFilter | None) -> list[_Candidate]:
+        if not where:
+            return found
+        if where.spatial:
+            self.prepare_overlaps(found)
+        return [c for c in found if where.accepts(c.values)]
+
+    def prepare_overlaps(self, found: Iterable[_Candidate]) -> None:
+        """Compute the sky overlaps of the visits of datasets that have no tract, in bulk."""
+        visits = {
+            (c.values["instrument"], c.values["visit"])
+            for c in found
+            if "visit" in c.values and c.values.get("tract") is None
+        }
+        if visits:
+            self.overlaps().prepare(visits)
+
+    def index_input(
+        self, conn: Connection, quantum: DimensionGroup, candidates: list[_Candidate]
+    ) -> tuple[list[str], dict[tuple, list[_Candidate]]]:
+        """The quantum keys an input determines, and its candidates indexed by their values.
+
+        A dataset with a visit but no tract or patch is indexed under every tract and patch its
+        footprint overlaps, when the quantum has those dimensions.
+        """
         group = conn.group
         direct = [n for n in quantum.names if n in group.names]
         spatial = (
@@ -423,17 +471,25 @@ class _Builder:
             if "visit" in group.names
             else []
         )
-        keys = direct + spatial
-        base = tuple(ref.data_id.get(n) for n in direct)
+        index: dict[tuple, list[_Candidate]] = {}
         if not spatial:
-            return keys, [base]
-        pairs = self.overlaps().patches(ref.data_id)
-        name = self.skymap().name
-        values = set()
-        for tract, patch in pairs:
-            sky = {"skymap": name, "tract": tract, "patch": patch}
-            values.add(base + tuple(sky[n] for n in spatial))
-        return keys, sorted(values)
+            for cand in candidates:
+                values = cand.values
+                index.setdefault(tuple(values.get(n) for n in direct), []).append(cand)
+            return direct, index
+        overlaps, name = self.overlaps(), self.skymap().name
+        overlaps.prepare((c.values["instrument"], c.values["visit"]) for c in candidates)
+        for cand in candidates:
+            values = cand.values
+            base = tuple(values.get(n) for n in direct)
+            seen = set()
+            for tract, patch in overlaps.patches(values):
+                sky = {"skymap": name, "tract": tract, "patch": patch}
+                key = base + tuple(sky[n] for n in spatial)
+                if key not in seen:
+                    seen.add(key)
+                    index.setdefault(key, []).append(cand)
+        return direct + spatial, index
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -446,17 +502,10 @@ class _Builder:
         regular = {n: c for n, c in cls.inputs.items() if not c.prerequisite}
         prerequisites = {n: c for n, c in cls.inputs.items() if c.prerequisite}
         # Per input connection: its keys and an index from key values to candidates.
-        indexes: dict[str, tuple[list[str], dict[tuple, list[_Candidate]]]] = {}
-        for name, conn in regular.items():
-            index: dict[tuple, list[_Candidate]] = {}
-            keys: list[str] = []
-            for cand in self.candidates(conn, where):
-                keys, values = self.projections(conn, quantum_group, cand.ref)
-                for value in values:
-                    index.setdefault(value, []).append(cand)
-            if not keys:
-                keys = [n for n in quantum_group.names if n in conn.group.names]
-            indexes[name] = (keys, index)
+        indexes = {
+            name: self.index_input(conn, quantum_group, self.candidates(conn, where))
+            for name, conn in regular.items()
+        }
         if regular:
             rows, row_keys = _join([indexes[n] for n in regular])
             self.check_missing_inputs(stage, regular, indexes, rows, row_keys)
@@ -465,13 +514,16 @@ class _Builder:
             row_keys = list(quantum_group.names)
             rows = {tuple(d.get(k) for k in row_keys) for d in ids}
         data_ids = self.quantum_data_ids(quantum_group, rows, row_keys)
-        data_ids = [d for d in data_ids if where.accepts(d)]
+        if where:
+            if where.spatial and "visit" in quantum_group.names:
+                self.overlaps().prepare((d["instrument"], d["visit"]) for d in data_ids)
+            data_ids = [d for d in data_ids if where.accepts(d)]
         prereq_index = {
             n: self.prerequisite_index(c, quantum_group) for n, c in prerequisites.items()
         }
         missing: dict[str, list[DataId]] = {}
-        for data_id in data_ids:
-            self.add_quantum(stage, quantum_group, data_id, indexes, prereq_index, missing)
+        for values in data_ids:
+            self.add_quantum(stage, quantum_group, values, indexes, prereq_index, missing)
         if missing:
             raise _missing_prerequisites(stage, prerequisites, missing, self.search)
 
@@ -517,18 +569,19 @@ class _Builder:
 
     def quantum_data_ids(
         self, group: DimensionGroup, rows: Iterable[tuple], row_keys: list[str]
-    ) -> list[DataId]:
-        """Quantum dataIds from joined rows, implied dimensions filled from the records."""
+    ) -> list[dict[str, Any]]:
+        """Quantum dataIds (as dicts) from joined rows, implied dimensions filled from the
+        records, in the order of their required values."""
         positions = [(k, i) for i, k in enumerate(row_keys) if k in group.names]
+        implying = [n for n in group.required if UNIVERSE[n].implies]
         result = []
         for row in rows:
             values = {k: row[i] for k, i in positions}
-            for name in group.required:
-                implies = UNIVERSE[name].implies
-                if implies and any(values.get(n) is None for n in implies):
+            for name in implying:
+                if any(values.get(n) is None for n in UNIVERSE[name].implies):
                     values.update(self.implied(name, values))
-            result.append(DataId(values))
-        return sorted(result, key=lambda d: _sort_key(d[k] for k in group.required))
+            result.append(values)
+        return sorted(result, key=lambda v: _sort_key(v[k] for k in group.required))
 
     def implied(self, element: str, values: Mapping[str, Any]) -> dict[str, Any]:
         keys = (*UNIVERSE[element].requires, element)
@@ -553,67 +606,70 @@ class _Builder:
             if "visit" in quantum.names
             else []
         )
-        index: dict[tuple, list[DatasetRef]] = {}
-        for ref in self.repo.query_datasets(conn.dataset_type, collections=self.search):
-            index.setdefault(tuple(ref.data_id.get(n) for n in direct), []).append(ref)
+        index: dict[tuple, list[_Candidate]] = {}
+        for cand in self.existing(conn.dataset_type, None):
+            index.setdefault(tuple(cand.values.get(n) for n in direct), []).append(cand)
         return direct, sky, index
 
     def add_quantum(
         self,
         stage: StageDef,
         group: DimensionGroup,
-        data_id: DataId,
+        values: dict[str, Any],
         indexes: Mapping[str, tuple[list[str], dict[tuple, list[_Candidate]]]],
-        prereq_index: Mapping[str, tuple[list[str], list[str], dict[tuple, list[DatasetRef]]]],
+        prereq_index: Mapping[str, tuple[list[str], list[str], dict[tuple, list[_Candidate]]]],
         missing: dict[str, list[DataId]],
     ) -> None:
         cls = stage.stage_class
-        quantum_id = quantum_id_for(stage.label, self.output_run, data_id.subset(group.required))
+        data_id = _ordered(group.names, values)
+        canonical = ",".join(f"{k}={values[k]}" for k in group.required)  # DataId.canonical()
+        quantum_id = _uuid5(QUANTUM_ID_NAMESPACE, f"{stage.label}/{self.output_run}/{canonical}")
         inputs: dict[str, list[DatasetRef]] = {}
         upstream: set[str] = set()
         for name, (keys, index) in indexes.items():
-            found = index.get(tuple(data_id.get(k) for k in keys), [])
-            unique = {c.ref.id: c for c in found}
-            chosen = sorted(unique.values(), key=lambda c: _ref_order(c.ref))
+            found = index.get(tuple(values.get(k) for k in keys), [])
+            chosen = sorted({c.ref.id: c for c in found}.values(), key=lambda c: c.order)
             if not cls.inputs[name].multiple and len(chosen) > 1:
                 raise PipelineError(
                     f"stage {stage.label!r}: {len(chosen)} {cls.inputs[name].dataset_type} "
-                    f"datasets match quantum {dict(data_id)}; declare input {name!r} "
-                    "multiple=True"
+                    f"datasets match quantum {values}; declare input {name!r} multiple=True"
                 )
             inputs[name] = [c.ref for c in chosen]
             upstream.update(c.producer for c in chosen if c.producer is not None)
         for name, (direct, sky, index) in prereq_index.items():
-            refs = index.get(tuple(data_id.get(n) for n in direct), [])
-            if sky and refs:
-                pairs = self.overlaps().patches(data_id)
+            cands = index.get(tuple(values.get(n) for n in direct), [])
+            if sky and cands:
+                pairs = set(self.overlaps().patches(values))
                 tracts = {t for t, _ in pairs}
-                refs = [
-                    r
-                    for r in refs
-                    if (r.data_id.get("tract"), r.data_id.get("patch")) in pairs
-                    or ("patch" not in sky and r.data_id.get("tract") in tracts)
+                cands = [
+                    c
+                    for c in cands
+                    if (c.values.get("tract"), c.values.get("patch")) in pairs
+                    or ("patch" not in sky and c.values.get("tract") in tracts)
                 ]
             conn = cls.inputs[name]
-            if not refs or (len(refs) > 1 and not conn.multiple):
+            if not cands or (len(cands) > 1 and not conn.multiple):
                 missing.setdefault(name, []).append(data_id)
                 continue
-            inputs[name] = sorted(refs, key=_ref_order)
+            inputs[name] = [c.ref for c in sorted(cands, key=lambda c: c.order)]
         outputs = {}
         for name, conn in cls.outputs.items():
             dataset_type = conn.as_dataset_type()
-            out_id = data_id.subset(dataset_type.group.names)
-            ref = DatasetRef(
-                dataset_type,
-                out_id,
-                self.output_run,
-                dataset_id_for(
-                    dataset_type.name, self.output_run, out_id, dataset_type.group.required
-                ),
-                Repository.path_for(dataset_type, out_id, self.output_run),
+            names = dataset_type.group.names
+            if names == group.names:
+                out_values, out_id = values, data_id
+            else:
+                out_values = {k: values[k] for k in names}
+                out_id = _ordered(names, out_values)
+            # dataset_id_for(), on the required values, which are the quantum's
+            dataset_id = _uuid5(
+                DATASET_ID_NAMESPACE, f"{dataset_type.name}/{self.output_run}/{canonical}"
             )
+            ref = DatasetRef(dataset_type, out_id, self.output_run, dataset_id)
             outputs[name] = ref
-            self.available.setdefault(conn.dataset_type, []).append(_Candidate(ref, quantum_id))
+            self.available.setdefault(conn.dataset_type, []).append(
+                _candidate(ref, quantum_id, out_values)
+            )
         self.quanta[quantum_id] = Quantum(
             quantum_id, stage.label, data_id, inputs, outputs, upstream
         )
@@ -651,13 +707,14 @@ class _Builder:
 _ABSENT = object()
 
 
-def _ref_order(ref: DatasetRef) -> tuple:
-    """Order of refs in a multiple input: by the values of their required dimensions."""
-    return _sort_key(ref.data_id[k] for k in ref.dataset_type.group.required)
+def _ordered(names: Sequence[str], values: Mapping[str, Any]) -> DataId:
+    """A DataId of ``names`` (already in canonical order) without re-sorting them."""
+    return DataId.from_ordered(names, [values.get(n) for n in names])
 
 
 def _sort_key(values: Iterable[Any]) -> tuple:
-    return tuple((v is None, str(type(v).__name__), v if v is not None else 0) for v in values)
+    """Sort key of the values of required dimensions (never None; one type per dimension)."""
+    return tuple(values)
 
 
 def _join(

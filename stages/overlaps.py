@@ -18,7 +18,7 @@ tract) is tested on the sphere with :meth:`RingsSkyMap.find_patches` instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,22 +90,28 @@ def polygons_overlap_boxes(
     hi_x = boxes[:, 0] + boxes[:, 2] - 0.5
     lo_y = boxes[:, 1] - 0.5
     hi_y = boxes[:, 1] + boxes[:, 3] - 0.5
+    # Separated along x or y (the box's own axes)?
     apart = (x.max(axis=1)[:, None] < lo_x) | (x.min(axis=1)[:, None] > hi_x)
     apart |= (y.max(axis=1)[:, None] < lo_y) | (y.min(axis=1)[:, None] > hi_y)
-    # Outward edge normals: (dy, -dx) for a counter-clockwise polygon.
+    result = ~apart
+    poly, box = np.nonzero(result)
+    if not len(poly):
+        return result
+    # Separated along a polygon edge? Only for the pairs whose bounding boxes meet.
+    # Outward edge normals are (dy, -dx) for a counter-clockwise polygon.
     dx = np.roll(x, -1, axis=1) - x
     dy = np.roll(y, -1, axis=1) - y
     area = np.sum(x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y, axis=1)
     sign = np.where(area >= 0, 1.0, -1.0)[:, None]
-    nx, ny = dy * sign, -dx * sign
-    limit = nx * x + ny * y  # the polygon lies where n . p <= limit
-    # Smallest n . c over the corners c of each box, for each edge: (D, K, P).
-    near_x = np.where(nx[..., None] > 0, lo_x, hi_x)
-    near_y = np.where(ny[..., None] > 0, lo_y, hi_y)
-    nearest = nx[..., None] * near_x + ny[..., None] * near_y
-    scale = np.abs(limit)[..., None] + 1.0
-    apart |= np.any(nearest > limit[..., None] + 1e-12 * scale, axis=1)
-    return ~apart
+    nx, ny = (dy * sign)[poly], (-dx * sign)[poly]  # (pairs, K)
+    limit = nx * x[poly] + ny * y[poly]  # the polygon lies where n . p <= limit
+    # The corner of each box that is furthest along -n: the smallest n . c.
+    near_x = np.where(nx > 0, lo_x[box][:, None], hi_x[box][:, None])
+    near_y = np.where(ny > 0, lo_y[box][:, None], hi_y[box][:, None])
+    nearest = nx * near_x + ny * near_y
+    tolerance = 1e-12 * (np.abs(limit) + 1.0)
+    result[poly, box] = ~np.any(nearest > limit + tolerance, axis=1)
+    return result
 
 
 def find_polygon_patches(
@@ -227,27 +233,63 @@ class RegionOverlaps:
             return by_detector[detector]
         return by_detector[None]
 
+    def prepare(self, visits: Iterable[tuple[str, int]]) -> None:
+        """Compute the overlaps of many visits at once (much faster than one by one).
+
+        Visits are batched by the tract that owns their centre, so each batch is small on the
+        sky and its candidate tracts are found once.
+        """
+        todo = sorted({tuple(v) for v in visits} - set(self._visits))
+        if not todo:
+            return
+        shapes = {key: self._polygons(*key) for key in todo}
+        centers = np.array([_center(polygons) for _, polygons in shapes.values()])
+        owners = np.atleast_1d(self.skymap.find_tract(centers[:, 0], centers[:, 1]))
+        for owner in np.unique(owners):
+            batch = [key for key, o in zip(todo, owners, strict=True) if o == owner]
+            flat = [p for key in batch for p in shapes[key][1]]
+            found = iter(find_polygon_patches(self.skymap, flat, self._boxes))
+            for key in batch:
+                detectors, polygons = shapes[key]
+                self._store(key, detectors, [next(found) for _ in polygons])
+
     def _visit(self, instrument: str, visit: int) -> dict[int | None, tuple[TractPatch, ...]]:
         key = (instrument, visit)
         cached = self._visits.get(key)
-        if cached is not None:
-            return cached
+        if cached is None:
+            detectors, polygons = self._polygons(instrument, visit)
+            found = find_polygon_patches(self.skymap, polygons, self._boxes)
+            cached = self._store(key, detectors, found)
+        return cached
+
+    def _polygons(self, instrument: str, visit: int) -> tuple[list[int], list[NDArray]]:
+        """Detector ids and footprints of a visit (no detectors: the visit's own region)."""
+        key = (instrument, visit)
         regions = self.detector_regions.get(key)
         if regions:
             detectors = sorted(regions)
-            polygons = [parse_vertices(regions[d]) for d in detectors]
-        elif key in self.visit_regions:
-            detectors, polygons = [], [parse_vertices(self.visit_regions[key])]
-        else:
-            raise MissingRegionError(
-                f"visit {visit} of instrument {instrument} has no sky region: neither "
-                "visit_detector_region records nor a region in its visit record, so it cannot be "
-                "related to tracts and patches (ingest raws with a WCS, or insert the regions)"
-            )
-        found = find_polygon_patches(self.skymap, polygons, self._boxes)
+            return detectors, [parse_vertices(regions[d]) for d in detectors]
+        if key in self.visit_regions:
+            return [], [parse_vertices(self.visit_regions[key])]
+        raise MissingRegionError(
+            f"visit {visit} of instrument {instrument} has no sky region: neither "
+            "visit_detector_region records nor a region in its visit record, so it cannot be "
+            "related to tracts and patches (ingest raws with a WCS, or insert the regions)"
+        )
+
+    def _store(
+        self, key: tuple[str, int], detectors: list[int], found: list[list[TractPatch]]
+    ) -> dict[int | None, tuple[TractPatch, ...]]:
         result: dict[int | None, tuple[TractPatch, ...]] = {
-            d: tuple(f) for d, f in zip(detectors, found, strict=False) if detectors
+            d: tuple(f) for d, f in zip(detectors, found, strict=False)
         }
         result[None] = tuple(sorted({tp for f in found for tp in f}))
         self._visits[key] = result
         return result
+
+
+def _center(polygons: Sequence[NDArray[np.float64]]) -> tuple[float, float]:
+    """(ra, dec) of the normalized mean of all vertices of some polygons."""
+    xyz = radec_to_xyz(*np.concatenate(polygons).T).sum(axis=0)
+    ra, dec = xyz_to_radec(xyz / np.linalg.norm(xyz))
+    return float(ra), float(dec)

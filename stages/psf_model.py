@@ -171,6 +171,31 @@ class OpticalField:
         return out[0], out[1], out[2]
 
 
+def grid_spacing_for(
+    atmosphere: MoffatField,
+    optical: OpticalField | None,
+    max_spacing: float = 128.0,
+    tolerance: float = 0.05,
+) -> float:
+    """Node step (pixels) over which the PSF's FWHM changes by at most ``tolerance`` (relative).
+
+    Interpolating between kernels of different sizes broadens them by about
+    ``(tolerance / 2)**2 / 2`` in size (3e-4 at the default 5%); the step is at least 8 pixels.
+    """
+    n = 17
+    xs = np.linspace(0.0, atmosphere.width - 1, n)
+    ys = np.linspace(0.0, atmosphere.height - 1, n)
+    xx, yy = np.meshgrid(xs, ys)
+    fwhm = atmosphere.params(xx, yy)[0] ** 2
+    if optical is not None:
+        fwhm = fwhm + optical.params(xx, yy)[0] ** 2
+    log_fwhm = 0.5 * np.log(fwhm)
+    gx = np.abs(np.diff(log_fwhm, axis=1)).max() / (xs[1] - xs[0])
+    gy = np.abs(np.diff(log_fwhm, axis=0)).max() / (ys[1] - ys[0])
+    gradient = max(gx, gy, 1e-12)
+    return float(np.clip(tolerance / gradient, 8.0, max_spacing))
+
+
 class OpticalAtmospherePsf(Psf):
     """Optical part (from the instrument model) convolved with a fitted Moffat atmosphere.
 

@@ -17,6 +17,7 @@ failing stage leaves no outputs and a ``failed`` record with the error.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -103,10 +104,19 @@ def make_spec(graph: QuantumGraph, quantum: Quantum) -> QuantumSpec:
         config=stage.config_json,
         config_hash=stage.config_hash,
         data_id=quantum.data_id,
-        inputs={name: tuple(refs) for name, refs in quantum.inputs.items()},
+        inputs={name: tuple(map(_with_path, refs)) for name, refs in quantum.inputs.items()},
         multiple=frozenset(n for n, c in cls.inputs.items() if c.multiple),
-        outputs=dict(quantum.outputs),
+        outputs={name: _with_path(ref) for name, ref in quantum.outputs.items()},
         skymap_config=graph.skymap.config.to_json() if graph.skymap is not None else None,
+    )
+
+
+def _with_path(ref: DatasetRef) -> DatasetRef:
+    """A predicted ref with its path, which follows from (dataset type, run, dataId) alone."""
+    if ref.path is not None:
+        return ref
+    return dataclasses.replace(
+        ref, path=Repository.path_for(ref.dataset_type, ref.data_id, ref.run)
     )
 
 

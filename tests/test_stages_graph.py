@@ -25,6 +25,7 @@ from stages.base import Connection, Stage
 from stages.graph import NothingSelectedError, build_graph, quantum_id_for
 from stages.overlaps import MissingRegionError, find_polygon_patches
 from stages.pipeline import Pipeline, StageDef
+from stages.runner import make_spec
 
 SKY = RingsSkyMap(TOY_SKYMAP)
 
@@ -112,8 +113,9 @@ def test_graph_quanta_inputs_and_dependencies_match_brute_force(toy):
     # deterministic ids and predicted output refs
     q = by_label["calibrate"][0]
     assert q.id == quantum_id_for("calibrate", "out", q.data_id.subset(VD))
-    ref = q.outputs["calexp"]
+    ref = make_spec(graph, q).outputs["calexp"]
     assert ref.path == Repository.path_for(ref.dataset_type, ref.data_id, "out")
+    assert ref.path.startswith("out/calexp/instrument=TestCam/")
     assert ref.id == toy.make_ref(ref.dataset_type, dict(q.data_id.subset(VD)), "out").id
     assert [r.dataset_type.name for r in q.inputs["bias"]] == ["bias"]
     assert q.inputs["bias"][0].data_id["detector"] == q.data_id["detector"]

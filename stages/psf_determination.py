@@ -1,0 +1,470 @@
+"""PSF determination: fit the atmospheric part of the PSF on bright, isolated stars.
+
+The story of :func:`determine_psf`:
+
+1. **select** PSF stars from a source catalog (:func:`select_psf_stars`): unflagged (not
+   saturated, blended, on a cosmic ray, bad or interpolated pixels, or the edge), S/N above a
+   threshold, no other detection nearby, and on the stellar locus of the size distribution;
+2. **reserve** a random fraction of them (20% by default) as a validation set;
+3. **measure** each star's adaptive second moments on the image;
+4. **fit** the atmosphere (:func:`fit_atmosphere`): with the optical part fixed (from the
+   instrument model, :class:`stages.psf_model.OpticalField`), find the polynomial FWHM and
+   ellipticity of a Moffat atmosphere whose convolution with the optics reproduces the stars'
+   moments (Gauss-Newton steps on the moments with a Gaussian-approximation Jacobian, outliers
+   clipped), for each Moffat index ``beta`` of a grid, and keep the ``beta`` whose model fits the
+   stars' pixels best (chi^2); the grid holds half-integers, whose profiles GalSim draws fast;
+5. **validate**: size and ellipticity residuals, model minus measured, on the reserved stars,
+   with the model evaluated as later stages will (:meth:`OpticalAtmospherePsf.kernel_images`).
+
+Sizes are determinant radii ``(ixx iyy - ixy^2)^(1/4)``; ellipticities are distortions
+``e1 = (ixx - iyy) / (ixx + iyy)``, ``e2 = 2 ixy / (ixx + iyy)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+from scipy.spatial import cKDTree
+
+from repo.errors import DrpError
+from repo.exposure import Exposure
+
+from .measurement import adaptive_moments, adaptive_moments_of_stamps, shift_kernels, stamps
+from .psf_model import (
+    MoffatField,
+    OpticalAtmospherePsf,
+    OpticalField,
+    grid_spacing_for,
+    n_polynomial_terms,
+    polynomial_terms,
+)
+
+#: Catalog flags that exclude a source from PSF determination.
+EXCLUDING_FLAGS = (
+    "flag_saturated",
+    "flag_cr",
+    "flag_interpolated",
+    "flag_bad",
+    "flag_suspect",
+    "flag_edge",
+    "flag_blended",
+    "flag_moments",
+    "flag_kron",
+)
+#: FWHM / sigma of a Gaussian.
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+@dataclass(frozen=True)
+class PsfDeterminationConfig:
+    """Settings of PSF star selection and fitting.
+
+    Parameters
+    ----------
+    min_snr : float
+        Smallest Kron-flux S/N of a PSF star.
+    isolation_radius : float
+        No other detection within this many pixels of a PSF star.
+    size_tolerance : float
+        Half-width of the stellar locus in log size (0.1: within about 10% of the locus).
+    max_stars : int
+        At most this many stars (the brightest) are used.
+    validation_fraction : float
+        Fraction of the selected stars reserved for validation.
+    degree : int
+        Polynomial degree of the atmospheric FWHM and ellipticity (lowered when stars are few).
+    betas : tuple of float
+        Moffat indices tried.
+    max_iter : int
+        Gauss-Newton iterations of the moment fit.
+    stamp_half_size : int
+        Half size of the stamps for moments and chi^2.
+    kernel_size : int or None
+        Kernel size; by default the odd size covering +-4.5 FWHM (25 to 75 pixels).
+    grid_spacing : float
+        Largest node step of the model's kernel cache (:class:`OpticalAtmospherePsf`); smaller
+        where the PSF varies fast (:func:`stages.psf_model.grid_spacing_for`).
+    seed : int
+        Seed of the random choice of reserved stars.
+    """
+
+    min_snr: float = 50.0
+    isolation_radius: float = 12.0
+    size_tolerance: float = 0.1
+    max_stars: int = 200
+    validation_fraction: float = 0.2
+    degree: int = 1
+    betas: tuple[float, ...] = (2.5, 3.5, 4.5, 5.5)
+    max_iter: int = 8
+    stamp_half_size: int = 12
+    kernel_size: int | None = None
+    grid_spacing: float = 128.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise DrpError(f"validation_fraction must be in [0, 1): {self.validation_fraction}")
+        if self.degree < 0 or not self.betas or min(self.betas) <= 1.0:
+            raise DrpError("PsfDeterminationConfig: degree must be >= 0 and betas > 1")
+
+
+@dataclass
+class PsfDeterminationResult:
+    """The fitted PSF and how well it describes the stars.
+
+    ``stars`` has one row per selected star: ``x``, ``y``, ``reserved`` (validation star),
+    ``used`` (kept in the final fit), measured and model sizes (``size``, ``modelSize``, pixels)
+    and ellipticities (``e1``, ``e2``, ``modelE1``, ``modelE2``), and the residuals
+    ``sizeResid`` (fractional, model / measured - 1), ``e1Resid``, ``e2Resid`` (model - measured).
+    The ``*_rms`` figures are over the reserved stars.
+    """
+
+    psf: OpticalAtmospherePsf
+    stars: Table
+    beta: float
+    chi2_by_beta: dict[float, float]
+    size_resid_rms: float
+    e1_resid_rms: float
+    e2_resid_rms: float
+    size_resid_mean: float
+
+    @property
+    def n_used(self) -> int:
+        """Stars used in the final fit."""
+        return int(self.stars["used"].sum())
+
+    @property
+    def n_reserved(self) -> int:
+        """Stars reserved for validation."""
+        return int(self.stars["reserved"].sum())
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly figures: beta, star counts, residuals on reserved stars, median FWHM."""
+        x, y = self.psf.width / 2.0, self.psf.height / 2.0
+        return {
+            "beta": self.beta,
+            "n_stars": len(self.stars),
+            "n_used": self.n_used,
+            "n_reserved": self.n_reserved,
+            "psf_size_resid": self.size_resid_rms,
+            "psf_size_resid_mean": self.size_resid_mean,
+            "psf_e1_resid": self.e1_resid_rms,
+            "psf_e2_resid": self.e2_resid_rms,
+            "fwhm_pixels": self.psf.fwhm(x, y),
+        }
+
+
+# ---------------------------------------------------------------------------------- selection
+def select_psf_stars(catalog: Table, config: PsfDeterminationConfig | None = None) -> np.ndarray:
+    """Boolean selection of PSF-star candidates in a catalog of :func:`detect_and_measure`.
+
+    Unflagged (:data:`EXCLUDING_FLAGS`), Kron S/N >= ``min_snr``, isolated, and within
+    ``size_tolerance`` (in log size) of the stellar locus: the densest window of the size
+    distribution of the bright unflagged sources (stars are the smallest of them).
+    """
+    config = config or PsfDeterminationConfig()
+    n = len(catalog)
+    if n == 0:
+        return np.zeros(0, bool)
+    ok = np.ones(n, bool)
+    for name in EXCLUDING_FLAGS:
+        if name in catalog.colnames:
+            ok &= ~np.asarray(catalog[name], bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.asarray(catalog["kronFlux"]) / np.asarray(catalog["kronFluxErr"])
+    ok &= np.isfinite(snr) & (snr >= config.min_snr)
+    xy = np.c_[catalog["x"], catalog["y"]]
+    if n > 1:
+        dist, _ = cKDTree(xy).query(xy, k=2)
+        ok &= dist[:, 1] > config.isolation_radius
+    size = _size(np.asarray(catalog["ixx"]), np.asarray(catalog["iyy"]), np.asarray(catalog["ixy"]))
+    ok &= np.isfinite(size) & (size > 0)
+    if not ok.any():
+        return ok
+    log_size = np.log(size[ok])
+    window = config.size_tolerance
+    counts = [(np.abs(log_size - s) <= window).sum() for s in log_size]
+    # The densest window; among equally dense ones the smallest size (stars are the smallest).
+    best = max(range(len(counts)), key=lambda k: (counts[k], -log_size[k]))
+    members = np.abs(log_size - log_size[best]) <= window
+    locus = np.median(log_size[members])
+    ok[ok] = np.abs(log_size - locus) <= window
+    if ok.sum() > config.max_stars:
+        order = np.argsort(-np.where(ok, snr, -np.inf))
+        ok[order[config.max_stars :]] = False
+    return ok
+
+
+def _size(ixx: np.ndarray, iyy: np.ndarray, ixy: np.ndarray) -> np.ndarray:
+    det = ixx * iyy - ixy * ixy
+    with np.errstate(invalid="ignore"):
+        return np.where(det > 0, np.abs(det) ** 0.25, np.nan)
+
+
+def _shape(moments: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Determinant radius and distortions of moments."""
+    ixx, iyy, ixy = moments["ixx"], moments["iyy"], moments["ixy"]
+    return _size(ixx, iyy, ixy), (ixx - iyy) / (ixx + iyy), 2.0 * ixy / (ixx + iyy)
+
+
+# ------------------------------------------------------------------------------------ fitting
+@dataclass
+class _Stars:
+    """Measured PSF stars: positions, sub-pixel offsets and moments."""
+
+    x: np.ndarray
+    y: np.ndarray
+    size: np.ndarray
+    e1: np.ndarray
+    e2: np.ndarray
+    data: np.ndarray
+    variance: np.ndarray
+
+
+def _measure_stars(
+    image: np.ndarray, variance: np.ndarray, x: np.ndarray, y: np.ndarray, half: int
+) -> tuple[_Stars, np.ndarray]:
+    """Adaptive moments of stars; returns the measurements and which stars succeeded."""
+    moments = adaptive_moments(image, x, y, 2.0, half)
+    ok = ~moments["failed"]
+    cx, cy = moments["x"], moments["y"]
+    size, e1, e2 = _shape(moments)
+    ix, iy = np.rint(cx).astype(int), np.rint(cy).astype(int)
+    stars = _Stars(
+        cx, cy, size, e1, e2, stamps(image, ix, iy, half), stamps(variance, ix, iy, half)
+    )
+    return stars, ok & np.isfinite(size)
+
+
+def _subset(stars: _Stars, sel: np.ndarray) -> _Stars:
+    return _Stars(*(getattr(stars, f)[sel] for f in _Stars.__dataclass_fields__))
+
+
+def _crop(kernels: np.ndarray, half: int) -> np.ndarray:
+    c = kernels.shape[-1] // 2
+    return kernels[:, c - half : c + half + 1, c - half : c + half + 1]
+
+
+def _rendered(psf: OpticalAtmospherePsf, stars: _Stars, half: int) -> np.ndarray:
+    """The exact model at each star, at its sub-pixel offset, cropped to the stamps."""
+    dx, dy = stars.x - np.rint(stars.x), stars.y - np.rint(stars.y)
+    kernels = np.array(
+        [psf.render(a, b, (u, v)) for a, b, u, v in zip(stars.x, stars.y, dx, dy, strict=True)]
+    )
+    return _crop(kernels, half)
+
+
+def _model_shapes(kernels: np.ndarray, stars: _Stars) -> tuple[np.ndarray, ...]:
+    dx, dy = stars.x - np.rint(stars.x), stars.y - np.rint(stars.y)
+    return _shape(adaptive_moments_of_stamps(kernels, dx, dy, stars.size))
+
+
+def default_kernel_size(fwhm: float) -> int:
+    """Odd kernel size covering +-4.5 FWHM, between 25 and 75 pixels."""
+    return int(min(75, max(25, 2 * math.ceil(4.5 * fwhm) + 1)))
+
+
+def fit_atmosphere(
+    stars: _Stars,
+    beta: float,
+    optical: OpticalField | None,
+    shape: tuple[int, int],
+    degree: int,
+    kernel_size: int,
+    grid_spacing: float,
+    max_iter: int,
+    start: np.ndarray | None = None,
+) -> tuple[OpticalAtmospherePsf, np.ndarray]:
+    """Fit the Moffat atmosphere of index ``beta`` to the stars' moments (optics fixed).
+
+    Returns the model and the boolean selection of stars kept after outlier clipping.
+    """
+    height, width = shape
+    half = stars.data.shape[-1] // 2
+    terms = MoffatField(beta, np.zeros((3, n_polynomial_terms(degree))), width, height).terms(
+        stars.x, stars.y
+    )
+    if optical is not None:
+        ofwhm, _, _ = optical.params(stars.x, stars.y)
+        s2_opt = (ofwhm / FWHM_PER_SIGMA) ** 2 + 1.0 / 12.0
+    else:
+        s2_opt = np.full(stars.x.size, 1.0 / 12.0)
+    keep = np.ones(stars.x.size, bool)
+    if start is None:
+        fwhm0 = FWHM_PER_SIGMA * np.sqrt(np.maximum(stars.size**2 - s2_opt, 0.3)) * 0.9
+        targets = np.array([fwhm0, stars.e1, stars.e2])
+        start = _lstsq(terms, targets, keep)
+    coeffs = start
+    for iteration in range(max_iter):
+        atmosphere = MoffatField(beta, coeffs, width, height)
+        psf = OpticalAtmospherePsf(atmosphere, optical, kernel_size, grid_spacing)
+        size_m, e1_m, e2_m = _model_shapes(_rendered(psf, stars, half), stars)
+        s2_m = size_m**2
+        gain = np.maximum(s2_m - s2_opt, 0.2 * s2_m)
+        fwhm, e1, e2 = atmosphere.params(stars.x, stars.y)
+        ratio = np.clip((gain + stars.size**2 - s2_m) / gain, 0.25, 4.0)
+        targets = np.array(
+            [fwhm * np.sqrt(ratio), e1 + (stars.e1 - e1_m) * s2_m / gain,
+             e2 + (stars.e2 - e2_m) * s2_m / gain]
+        )
+        resid = size_m / stars.size - 1.0
+        if iteration >= 2:
+            scatter = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
+            keep = np.abs(resid - np.median(resid[keep])) <= max(4.0 * scatter, 0.01)
+        new = _lstsq(terms, targets, keep)
+        step = np.abs(new - coeffs).max()
+        coeffs = new
+        if step < 1e-5 and iteration >= 2:
+            break
+    atmosphere = MoffatField(beta, coeffs, width, height)
+    spacing = grid_spacing_for(atmosphere, optical, grid_spacing)
+    final = OpticalAtmospherePsf(atmosphere, optical, kernel_size, spacing)
+    return final, keep
+
+
+def _lstsq(terms: np.ndarray, targets: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    a = terms[:, keep].T
+    return np.array([np.linalg.lstsq(a, t[keep], rcond=None)[0] for t in targets])
+
+
+def _chi2(psf: OpticalAtmospherePsf, stars: _Stars, keep: np.ndarray) -> float:
+    """Reduced chi^2 of the stars' pixels against the model (linear flux per star)."""
+    half = stars.data.shape[-1] // 2
+    kernels = _rendered(psf, _subset(stars, keep), half)
+    data, var = stars.data[keep], stars.variance[keep]
+    good = var > 0
+    w = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
+    flux = (w * kernels * data).sum(axis=(1, 2)) / (w * kernels * kernels).sum(axis=(1, 2))
+    resid = w * (data - flux[:, None, None] * kernels) ** 2
+    return float(resid.sum() / max(good.sum() - keep.sum(), 1))
+
+
+def _validate(
+    psf: OpticalAtmospherePsf, stars: _Stars
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model size and ellipticities at stars from the cached kernels (as later stages use it)."""
+    half = stars.data.shape[-1] // 2
+    dx, dy = stars.x - np.rint(stars.x), stars.y - np.rint(stars.y)
+    kernels = _crop(shift_kernels(psf.kernel_images(stars.x, stars.y), dx, dy), half)
+    return _model_shapes(kernels, stars)
+
+
+def determine_psf(
+    exposure: Exposure,
+    catalog: Table,
+    optical: OpticalField | None,
+    config: PsfDeterminationConfig | None = None,
+) -> PsfDeterminationResult:
+    """Determine the PSF of a background-subtracted exposure from the stars of its catalog.
+
+    Parameters
+    ----------
+    exposure : repo.exposure.Exposure
+        Calibrated, background-subtracted image with its variance.
+    catalog : astropy.table.Table
+        Its sources from :func:`stages.measurement.detect_and_measure`.
+    optical : OpticalField or None
+        The optical part from the instrument model (:func:`optical_field`), or ``None`` for
+        an atmosphere-only (empirical) model.
+    config : PsfDeterminationConfig, optional
+        Selection and fitting settings.
+
+    Returns
+    -------
+    PsfDeterminationResult
+
+    Raises
+    ------
+    repo.errors.DrpError
+        Too few PSF stars for the fit.
+    """
+    config = config or PsfDeterminationConfig()
+    selected = select_psf_stars(catalog, config)
+    half = config.stamp_half_size
+    stars, measured = _measure_stars(
+        exposure.image, exposure.variance,
+        np.asarray(catalog["x"])[selected], np.asarray(catalog["y"])[selected], half,
+    )
+    stars = _subset(stars, measured)
+    n = stars.x.size
+    if n < 3:
+        raise DrpError(f"PSF determination: only {n} usable PSF stars (need at least 3)")
+    rng = np.random.default_rng(config.seed)
+    reserved = np.zeros(n, bool)
+    n_reserved = int(round(config.validation_fraction * n)) if n >= 5 else 0
+    reserved[rng.choice(n, size=n_reserved, replace=False)] = True
+    fit_stars = _subset(stars, ~reserved)
+    degree = config.degree
+    while degree > 0 and fit_stars.x.size < 3 * n_polynomial_terms(degree):
+        degree -= 1
+    fwhm_guess = FWHM_PER_SIGMA * float(np.median(stars.size))
+    kernel_size = config.kernel_size or default_kernel_size(fwhm_guess)
+    shape = exposure.image.shape
+    args = (shape, degree, kernel_size, config.grid_spacing)
+    betas = sorted(config.betas, key=lambda b: abs(b - 3.5))
+    first, keep = fit_atmosphere(fit_stars, betas[0], optical, *args, config.max_iter)
+    fits = {betas[0]: (first, keep)}
+    for beta in betas[1:]:
+        fits[beta] = fit_atmosphere(
+            fit_stars, beta, optical, *args, 3, start=first.atmosphere.coeffs
+        )
+    chi2 = {beta: _chi2(psf, fit_stars, keep) for beta, (psf, keep) in fits.items()}
+    beta = min(chi2, key=chi2.get)
+    psf, keep = fit_atmosphere(
+        fit_stars, beta, optical, *args, config.max_iter, start=fits[beta][0].atmosphere.coeffs
+    )
+    size_m, e1_m, e2_m = _validate(psf, stars)
+    used = np.zeros(n, bool)
+    used[np.flatnonzero(~reserved)[keep]] = True
+    table = Table(
+        {
+            "x": stars.x, "y": stars.y, "reserved": reserved, "used": used,
+            "size": stars.size, "e1": stars.e1, "e2": stars.e2,
+            "modelSize": size_m, "modelE1": e1_m, "modelE2": e2_m,
+            "sizeResid": size_m / stars.size - 1.0,
+            "e1Resid": e1_m - stars.e1, "e2Resid": e2_m - stars.e2,
+        }
+    )
+    check = reserved if reserved.any() else used
+
+    def rms(values: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(values[check] ** 2)))
+
+    return PsfDeterminationResult(
+        psf=psf,
+        stars=table,
+        beta=beta,
+        chi2_by_beta=chi2,
+        size_resid_rms=rms(np.asarray(table["sizeResid"])),
+        e1_resid_rms=rms(np.asarray(table["e1Resid"])),
+        e2_resid_rms=rms(np.asarray(table["e2Resid"])),
+        size_resid_mean=float(np.mean(np.asarray(table["sizeResid"])[check])),
+    )
+
+
+def optical_field(
+    camera: Any, detector: int, band: str, shape: tuple[int, int], n_nodes: int = 6
+) -> OpticalField | None:
+    """The optical part of a detector's PSF from an instrument model, or ``None`` when the
+    instrument has none (no ``optical_psf_params``, e.g. real DECam data)."""
+    if not hasattr(camera, "optical_psf_params"):
+        return None
+    height, width = shape
+    return OpticalField.from_camera(camera, detector, band, width, height, n_nodes)
+
+
+__all__ = [
+    "EXCLUDING_FLAGS",
+    "PsfDeterminationConfig",
+    "PsfDeterminationResult",
+    "default_kernel_size",
+    "determine_psf",
+    "fit_atmosphere",
+    "optical_field",
+    "polynomial_terms",
+    "select_psf_stars",
+]
