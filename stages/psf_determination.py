@@ -308,8 +308,11 @@ def fit_atmosphere(
         fwhm, e1, e2 = atmosphere.params(stars.x, stars.y)
         ratio = np.clip((gain + stars.size**2 - s2_m) / gain, 0.25, 4.0)
         targets = np.array(
-            [fwhm * np.sqrt(ratio), e1 + (stars.e1 - e1_m) * s2_m / gain,
-             e2 + (stars.e2 - e2_m) * s2_m / gain]
+            [
+                fwhm * np.sqrt(ratio),
+                e1 + (stars.e1 - e1_m) * s2_m / gain,
+                e2 + (stars.e2 - e2_m) * s2_m / gain,
+            ]
         )
         resid = size_m / stars.size - 1.0
         if iteration >= 2:
@@ -386,8 +389,11 @@ def determine_psf(
     selected = select_psf_stars(catalog, config)
     half = config.stamp_half_size
     stars, measured = _measure_stars(
-        exposure.image, exposure.variance,
-        np.asarray(catalog["x"])[selected], np.asarray(catalog["y"])[selected], half,
+        exposure.image,
+        exposure.variance,
+        np.asarray(catalog["x"])[selected],
+        np.asarray(catalog["y"])[selected],
+        half,
     )
     stars = _subset(stars, measured)
     n = stars.x.size
@@ -422,11 +428,19 @@ def determine_psf(
     used[np.flatnonzero(~reserved)[keep]] = True
     table = Table(
         {
-            "x": stars.x, "y": stars.y, "reserved": reserved, "used": used,
-            "size": stars.size, "e1": stars.e1, "e2": stars.e2,
-            "modelSize": size_m, "modelE1": e1_m, "modelE2": e2_m,
+            "x": stars.x,
+            "y": stars.y,
+            "reserved": reserved,
+            "used": used,
+            "size": stars.size,
+            "e1": stars.e1,
+            "e2": stars.e2,
+            "modelSize": size_m,
+            "modelE1": e1_m,
+            "modelE2": e2_m,
             "sizeResid": size_m / stars.size - 1.0,
-            "e1Resid": e1_m - stars.e1, "e2Resid": e2_m - stars.e2,
+            "e1Resid": e1_m - stars.e1,
+            "e2Resid": e2_m - stars.e2,
         }
     )
     check = reserved if reserved.any() else used
