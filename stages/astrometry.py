@@ -40,7 +40,7 @@ from scipy.spatial import cKDTree
 from repo.errors import DrpError
 from repo.instruments.simcam import gnomonic, inverse_gnomonic
 
-from .refcat import apply_proper_motion, check_refcat, select_region
+from .refcat import apply_proper_motion, check_refcat, region_mask
 
 #: Floor on per-star position errors used as weights (mas): no star counts for more than this.
 MIN_POSITION_ERROR_MAS = 1.0
@@ -568,12 +568,17 @@ def calibrate_astrometry(
     ok = np.all(np.isfinite(source_xy), axis=1)
     centre_ra, centre_dec = wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
     reach_deg = (0.5 * math.hypot(nx, ny) * scale + config.max_offset_arcsec) / 3600.0
-    refs = select_region(refs, float(centre_ra[0]), float(centre_dec[0]), 1.05 * reach_deg)
-    ref_x, ref_y = wcs.all_world2pix(np.asarray(refs["ra"]), np.asarray(refs["dec"]), 0)
+    region = np.flatnonzero(
+        region_mask(refs, float(centre_ra[0]), float(centre_dec[0]), 1.05 * reach_deg)
+    )
+    ref_x, ref_y = wcs.all_world2pix(
+        np.asarray(refs["ra"], float)[region], np.asarray(refs["dec"], float)[region], 0
+    )
     pad = config.max_offset_arcsec / scale + 2.0
     near = (ref_x > -pad) & (ref_x < nx + pad) & (ref_y > -pad) & (ref_y < ny + pad)
     near &= np.isfinite(ref_x) & np.isfinite(ref_y)
-    good_src, near_ref = np.flatnonzero(ok), np.flatnonzero(near)
+    ref_x, ref_y = ref_x[near], ref_y[near]
+    good_src, near_ref = np.flatnonzero(ok), region[near]
     source_rank = None
     if config.flux_column in sources.colnames:
         source_rank = -np.asarray(sources[config.flux_column], float)[good_src]
@@ -581,7 +586,7 @@ def calibrate_astrometry(
     ref_rank = None if mag_column is None else np.asarray(refs[mag_column], float)[near_ref]
     coarse = match_sources(
         source_xy[good_src],
-        np.column_stack([ref_x[near_ref], ref_y[near_ref]]),
+        np.column_stack([ref_x, ref_y]),
         ((nx - 1) / 2.0, (ny - 1) / 2.0),
         scale,
         config,

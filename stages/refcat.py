@@ -131,13 +131,18 @@ def _variable_flags(column: np.ndarray) -> np.ndarray:
     return text == "VARIABLE"
 
 
-def select_region(refcat: Table, ra: float, dec: float, radius_deg: float) -> Table:
-    """The rows of ``refcat`` within ``radius_deg`` (great-circle distance) of (ra, dec)."""
+def region_mask(refcat: Table, ra: float, dec: float, radius_deg: float) -> np.ndarray:
+    """True for the rows of ``refcat`` within ``radius_deg`` (great circle) of (ra, dec)."""
     check_refcat(refcat)
     r1, d1 = np.radians(np.asarray(refcat["ra"], float)), np.radians(np.asarray(refcat["dec"]))
     r0, d0 = math.radians(ra), math.radians(dec)
     cos_sep = np.sin(d1) * math.sin(d0) + np.cos(d1) * math.cos(d0) * np.cos(r1 - r0)
-    return refcat[cos_sep >= math.cos(math.radians(radius_deg))]
+    return cos_sep >= math.cos(math.radians(radius_deg))
+
+
+def select_region(refcat: Table, ra: float, dec: float, radius_deg: float) -> Table:
+    """The rows of ``refcat`` within ``radius_deg`` (great-circle distance) of (ra, dec)."""
+    return refcat[region_mask(refcat, ra, dec, radius_deg)]
 
 
 def apply_proper_motion(refcat: Table, epoch: float) -> Table:

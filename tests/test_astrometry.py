@@ -88,6 +88,10 @@ def test_wcs_against_truth_survives_pointing_error(survey, offset_arcsec):
             assert result.order == 1  # the camera's distortion model is the prior
             assert result.offset_arcsec == pytest.approx(offset_arcsec, abs=3.0)
             used.append(result.n_used)
+            m = result.matches
+            # Every pair is a true pair: the matched reference star is the source's own star.
+            assert np.array_equal(truth["id"][m["source_index"]], m["ref_id"])
+            assert np.array_equal(sky.refcat["id"][m["ref_index"]], m["ref_id"])
             bright = truth["snr"] > 100
             dxi, deta = sky_residuals_mas(
                 result.wcs, sources["x"][bright], sources["y"][bright],

@@ -15,6 +15,7 @@ from astropy.table import Table
 
 from repo.errors import DrpError
 from repo.exposure import PhotoCalib
+from stages.astrometry import calibrate_astrometry
 from stages.photometry import (
     GAIA_TO_DECAM,
     ColorTerm,
@@ -24,6 +25,7 @@ from stages.photometry import (
     fit_zero_point,
     reference_magnitudes,
 )
+from stages.refcat import mjd_to_epoch
 from stages.simulate import SurveyConfig, make_plan, make_sky
 from stages.simulate.truth import visit_sources
 
@@ -45,7 +47,18 @@ def matched_catalog(plan, sky, visit, detector: int, rng: np.random.Generator):
     fwhm_px = visit.conditions.seeing / plan.camera.config.pixel_scale_arcsec
     noise = np.sqrt(electrons + math.pi * fwhm_px**2 * visit.conditions.sky_level)
     keep = electrons < SATURATION_ELECTRONS
-    sources = Table({"psfFlux": electrons + rng.normal(0.0, noise), "psfFluxErr": noise})[keep]
+    sigma = fwhm_px / 2.355 * noise / electrons
+    sources = Table(
+        {
+            "x": np.asarray(truth["x"]) + rng.normal(0.0, sigma),
+            "y": np.asarray(truth["y"]) + rng.normal(0.0, sigma),
+            "xErr": sigma,
+            "yErr": sigma,
+            "psfFlux": electrons + rng.normal(0.0, noise),
+            "psfFluxErr": noise,
+            "truth_nJy": np.asarray(truth["flux_nJy"]),
+        }
+    )[keep]
     ids = np.asarray(truth["id"])[keep]
     row = {int(i): k for k, i in enumerate(sky.refcat["id"])}
     pairs = [(k, row[int(i)]) for k, i in enumerate(ids) if int(i) in row]
@@ -74,6 +87,29 @@ def test_zero_point_against_truth(survey):
     assert 0.5 < np.std(pulls) < 1.6
     assert abs(np.mean(pulls)) < 0.6
     assert min(used) >= 10
+
+
+def test_zero_point_from_astrometric_matches(survey):
+    """Match with a 30 arcsec pointing error, then calibrate: the chain as a pipeline runs it."""
+    config, plan, sky = survey
+    rng = np.random.default_rng(5)
+    for visit in plan.visits[:3]:
+        sources, _, _ = matched_catalog(plan, sky, visit, 2, rng)
+        c = visit.conditions
+        dec = c.true_dec + 30.0 / 3600.0
+        wcs = plan.camera.wcs(2, c.true_ra, dec, c.true_rotation - 0.1)
+        astrometry = calibrate_astrometry(
+            sources, sky.refcat, wcs, (config.size, config.size), mjd_to_epoch(visit.mjd)
+        )
+        m = astrometry.matches[astrometry.matches["used"]]
+        result = calibrate_photometry(
+            sources, sky.refcat, m["source_index"], m["ref_index"], visit.band
+        )
+        assert abs(result.zero_point - c.zero_point) < 0.005
+        calibrated = calibrate_fluxes(sources, result.photo_calib)
+        bright = calibrated["psfInstFlux"] / calibrated["psfInstFluxErr"] > 100
+        ratio = calibrated["psfFlux"][bright] / calibrated["truth_nJy"][bright]
+        assert abs(np.median(ratio) - 1.0) < 0.005
 
 
 def test_variables_and_outliers_are_rejected(survey):
