@@ -75,6 +75,9 @@ class MeasurementConfig:
         Half size of the stamps used for adaptive moments.
     mask_planes : tuple of str
         Planes whose pixels are ignored (detection and photometry).
+    aperture_centroid : str
+        Centre of the circular apertures: ``'windowed'`` (``x``, ``y``; LSST practice) or
+        ``'isophotal'`` (``xPeak``, ``yPeak``; SExtractor's FLUX_APER).
     max_sources : int
         Largest number of sources accepted (sep's object stack).
     """
@@ -95,10 +98,15 @@ class MeasurementConfig:
     moments_half_size: int = 15
     mask_planes: tuple[str, ...] = ("NO_DATA", "BAD")
     max_sources: int = 100_000
+    aperture_centroid: str = "windowed"
 
     def __post_init__(self) -> None:
         if not (self.threshold > 0 and self.min_area >= 1):
             raise DrpError("MeasurementConfig: threshold must be > 0 and min_area >= 1")
+        if self.aperture_centroid not in ("windowed", "isophotal"):
+            raise DrpError(
+                f"MeasurementConfig: unknown aperture_centroid {self.aperture_centroid!r}"
+            )
         if self.filter_type not in ("matched", "conv"):
             raise DrpError(f"MeasurementConfig: unknown filter_type {self.filter_type!r}")
         if not self.aperture_radii or min(self.aperture_radii) <= 0:
@@ -568,9 +576,13 @@ def measure_sources(
     out["fluxRadius"] = half_light
     x, y, _ = windowed_centroids(image, objects["x"], objects["y"], half_light, ignore)
     out["x"], out["y"] = x, y
+    if config.aperture_centroid == "isophotal":
+        ax, ay = objects["x"], objects["y"]
+    else:
+        ax, ay = x, y
     out.update(
         aperture_fluxes(
-            image, variance, x, y, config.aperture_radii, ignore, config.aperture_subpix
+            image, variance, ax, ay, config.aperture_radii, ignore, config.aperture_subpix
         )
     )
     if exposure.psf is not None:
