@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
+from repo.psf import adaptive_sigma
 
 from .isr import interpolate_pixels
 
@@ -104,19 +105,30 @@ def _shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def sharper_than_psf(
-    values: np.ndarray, variance: np.ndarray, ratios: np.ndarray, nsigma: float
+    values: np.ndarray,
+    variance: np.ndarray,
+    ratios: np.ndarray,
+    nsigma: float,
+    invalid: np.ndarray | None = None,
+    neighbours: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pixels sharper than the PSF allows by ``nsigma`` in at least one direction.
 
-    ``values`` is background-subtracted; ``ratios`` come from :func:`psf_pair_ratios`.
+    ``values`` is background-subtracted; ``ratios`` come from :func:`psf_pair_ratios`. A
+    direction whose neighbour pair touches an ``invalid`` pixel is not used. ``neighbours``
+    (default ``values``) supplies the neighbours' values.
     """
+    neighbours = values if neighbours is None else neighbours
     out = np.zeros(values.shape, dtype=bool)
     for (dy, dx), r in zip(DIRECTIONS, ratios, strict=True):
-        plus, minus = _shifted(values, dy, dx), _shifted(values, -dy, -dx)
+        plus, minus = _shifted(neighbours, dy, dx), _shifted(neighbours, -dy, -dx)
         var_pair = 0.25 * (_shifted(variance, dy, dx) + _shifted(variance, -dy, -dx))
         excess = r * values - 0.5 * (plus + minus)
         noise2 = r * r * variance + var_pair
-        out |= (excess > 0) & (excess * excess > nsigma * nsigma * noise2)
+        sharp = (excess > 0) & (excess * excess > nsigma * nsigma * noise2)
+        if invalid is not None:
+            sharp &= ~(_shifted(invalid, dy, dx) | _shifted(invalid, -dy, -dx))
+        out |= sharp
     return out
 
 
@@ -153,15 +165,16 @@ def find_cosmic_rays(
     ratios = psf_pair_ratios(float(psf_sigma_pix) * config.psf_margin)
     image = exposure.image.astype(np.float32, copy=False)
     variance = np.clip(exposure.variance.astype(np.float32, copy=False), 1e-6, None)
-    excluded = (exposure.mask & exposure.bits(*EXCLUDED_PLANES)) != 0
+    invalid = (exposure.mask & exposure.bits(*EXCLUDED_PLANES)) != 0
+    excluded = invalid.copy()
     sat = (exposure.mask & exposure.bit("SAT")) != 0
     if config.saturation_buffer and sat.any():
-        excluded |= ndimage.binary_dilation(sat, iterations=config.saturation_buffer)
+        # Bleed trails end in partly filled pixels along their column: leave those alone.
+        column = np.ones((2 * config.saturation_buffer + 1, 1), dtype=bool)
+        excluded |= ndimage.binary_dilation(sat, column)
     values = image - _background(image, excluded, config.background_mesh)
-    bright = values * values > config.detect_sigma**2 * variance
-    bright &= values > 0
-    found = bright & ~excluded
-    found &= sharper_than_psf(values, variance, ratios, config.sharp_sigma)
+    found = (values > 0) & (values * values > config.detect_sigma**2 * variance) & ~excluded
+    found &= sharper_than_psf(values, variance, ratios, config.sharp_sigma, invalid)
     structure = np.ones((3, 3), dtype=bool)
     for _ in range(config.grow_iterations):
         if not found.any():
@@ -170,12 +183,87 @@ def find_cosmic_rays(
         ring &= values > config.grow_sigma * np.sqrt(variance)
         if not ring.any():
             break
-        cleaned = interpolate_pixels(values, found).astype(np.float32)
-        new = ring & sharper_than_psf(cleaned, variance, ratios, config.grow_sigma)
+        # The neighbours as they would be without the cosmic rays found so far, interpolated
+        # from pixels that are neither found nor candidates.
+        cleaned = values.copy()
+        cleaned[found] = interpolate_pixels(values, found | ring)[found]
+        new = ring & sharper_than_psf(
+            values, variance, ratios, config.grow_sigma, invalid, neighbours=cleaned
+        )
         if not new.any():
             break
         found |= new
     return found
+
+
+def estimate_psf_sigma(
+    exposure: Exposure,
+    min_sigma: float,
+    detect_sigma: float = 30.0,
+    max_stars: int = 30,
+    stamp_half: int = 7,
+    core_factor: float = 0.9,
+) -> float:
+    """The PSF core's Gaussian sigma, measured on the brightest compact sources.
+
+    Sources ``detect_sigma`` above the background and away from masked pixels get the adaptive
+    second-moment sigma of a stamp around their peak (:func:`repo.psf.adaptive_sigma`); the
+    estimate is ``core_factor`` times the median over the sharpest half of the ``max_stars``
+    brightest (stars are the most compact sources once cosmic rays are repaired). The factor
+    converts the adaptive sigma, which Moffat-like wings inflate by about 10%, into the width
+    of the core that the cosmic-ray test relies on. The result is never less than ``min_sigma``
+    (the optical PSF alone, the sharpest the image can be), which is also returned when no
+    source is usable.
+    """
+    image = exposure.image.astype(np.float32)
+    masked = (exposure.mask & exposure.bits(*EXCLUDED_PLANES, "CR")) != 0
+    data = image - _background(image, masked, 64)
+    err = np.sqrt(np.clip(exposure.variance.astype(np.float32), 1e-6, None))
+    try:
+        objects = sep.extract(data, detect_sigma, err=err, mask=masked, minarea=5)
+    except Exception as exc:  # sep raises plain Exceptions (pixel stack, object limits)
+        raise DrpError(f"PSF size estimate: source extraction failed ({exc})") from None
+    ny, nx = data.shape
+    h = stamp_half
+    x, y = objects["xpeak"].astype(int), objects["ypeak"].astype(int)
+    inside = (x >= h) & (x < nx - h) & (y >= h) & (y < ny - h) & (objects["flag"] == 0)
+    order = np.argsort(objects["flux"][inside])[::-1][:max_stars]
+    sigmas = []
+    for xc, yc in zip(x[inside][order], y[inside][order], strict=True):
+        box = (slice(yc - h, yc + h + 1), slice(xc - h, xc + h + 1))
+        if masked[box].any():
+            continue
+        try:
+            sigmas.append(adaptive_sigma(data[box].astype(np.float64)))
+        except ValueError:
+            continue
+    if not sigmas:
+        return float(min_sigma)
+    sharpest = np.sort(sigmas)[: max(1, (len(sigmas) + 1) // 2)]
+    return float(max(min_sigma, core_factor * np.median(sharpest)))
+
+
+def reject_cosmic_rays(
+    exposure: Exposure,
+    min_psf_sigma: float,
+    config: CosmicRayConfig = DEFAULT_CR_CONFIG,
+) -> tuple[np.ndarray, float]:
+    """Find and repair cosmic rays in two passes, learning the PSF size in between.
+
+    Pass 1 uses ``min_psf_sigma`` (a lower bound, such as the camera's optical PSF: safe for
+    stars, less sensitive); the PSF size is then measured on the repaired image
+    (:func:`estimate_psf_sigma`), and pass 2, on the original pixels, uses it. Modifies ``exposure`` in place (CR and
+    INTRP planes, repaired pixels) and returns the cosmic-ray mask and the PSF sigma used.
+    """
+    first = find_cosmic_rays(exposure, min_psf_sigma, config)
+    scratch = Exposure(
+        image=exposure.image.copy(), mask=exposure.mask.copy(), variance=exposure.variance.copy()
+    )
+    repair_cosmic_rays(scratch, first)
+    sigma = estimate_psf_sigma(scratch, min_psf_sigma)
+    found = find_cosmic_rays(exposure, sigma, config) | first
+    repair_cosmic_rays(exposure, found)
+    return found, sigma
 
 
 def repair_cosmic_rays(

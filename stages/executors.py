@@ -289,11 +289,10 @@ class RunSummary:
             parts = ", ".join(f"{c[s]} {s}" for s in STATUSES if c[s]) or "no quanta"
             lines.append(f"  {label:<{width}}  {parts}")
         for quantum, result in self.failures:
-            lines.append(f"FAILED {quantum.label} {dict(quantum.data_id)}: {result.error}")
+            lines.append(f"FAILED {quantum}: {result.error}")
         if self.blocked:
             lines.append(
-                f"blocked (an input failed): {len(self.blocked)} quanta, e.g. "
-                f"{self.blocked[0].label} {dict(self.blocked[0].data_id)}"
+                f"blocked (an input failed): {len(self.blocked)} quanta, e.g. {self.blocked[0]}"
             )
         return "\n".join(lines)
 
@@ -330,7 +329,7 @@ def execute_graph(
                 quantum = graph.quanta[result.id]
                 finished.add(result.id)
                 counts[quantum.label][result.status] += 1
-                message = f"{dict(quantum.data_id)}: {result.error}"
+                message = f"{quantum.short_id}: {result.error}"
                 progress.advance(quantum.label, result.status, message)
                 if result.status == "done":
                     for d in downstream[result.id]:

@@ -97,9 +97,16 @@ class Quantum:
     outputs: dict[str, DatasetRef]
     upstream: set[str] = field(default_factory=set)
     status: str = "run"
+    dimensions: tuple[str, ...] = ()
+
+    @property
+    def short_id(self) -> dict[str, Any]:
+        """The required quantum dimensions only, for messages."""
+        names = self.dimensions or tuple(self.data_id)
+        return {k: self.data_id[k] for k in names if k in self.data_id}
 
     def __str__(self) -> str:
-        return f"{self.label} {self.data_id}"
+        return f"{self.label} {self.short_id}"
 
 
 @dataclass
@@ -170,11 +177,9 @@ class QuantumGraph:
             order = {qid: i for i, qid in enumerate(self.quanta)}
             for quantum in self.quanta.values():
                 deps = ", ".join(
-                    f"{self.quanta[u].label}{dict(self.quanta[u].data_id.subset(_req(self, u)))}"
-                    for u in sorted(quantum.upstream, key=order.__getitem__)
+                    str(self.quanta[u]) for u in sorted(quantum.upstream, key=order.__getitem__)
                 )
-                required = quantum.data_id.subset(_req(self, quantum.id))
-                line = f"  [{quantum.status}] {quantum.label} {dict(required)}"
+                line = f"  [{quantum.status}] {quantum}"
                 lines.append(line + (f" <- {deps}" if deps else ""))
         return "\n".join(lines)
 
@@ -202,11 +207,6 @@ class QuantumGraph:
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON."""
         return json.dumps(self.to_dict(), indent=1)
-
-
-def _req(graph: QuantumGraph, quantum_id: str) -> tuple[str, ...]:
-    label = graph.quanta[quantum_id].label
-    return graph.pipeline.stage(label).stage_class.quantum_group().required
 
 
 def quantum_id_for(label: str, run: str, data_id: DataId) -> str:
@@ -671,7 +671,7 @@ class _Builder:
                 _candidate(ref, quantum_id, out_values)
             )
         self.quanta[quantum_id] = Quantum(
-            quantum_id, stage.label, data_id, inputs, outputs, upstream
+            quantum_id, stage.label, data_id, inputs, outputs, upstream, "run", group.required
         )
 
     # -- statuses -------------------------------------------------------------------------
@@ -692,7 +692,7 @@ class _Builder:
         if changed and not clobber:
             label, quanta = next(iter(changed.items()))
             raise ConfigChangedError(
-                f"stage {label!r}: {len(quanta)} quanta (e.g. {dict(quanta[0].data_id)}) have "
+                f"stage {label!r}: {len(quanta)} quanta (e.g. {quanta[0].short_id}) have "
                 f"outputs in run {self.output_run!r} made with another configuration (this one "
                 f"is sha256 {hashes[label][:12]}...); use --clobber to redo them with the new "
                 "configuration, or write to a new output run"
@@ -751,10 +751,12 @@ def _missing_prerequisites(
     conn = prerequisites[name]
     example = data_ids[0]
     wanted = {k: example[k] for k in conn.group.names if k in example}
+    required = stage.stage_class.quantum_group().required
     return DatasetNotFoundError(
         f"stage {stage.label!r}: prerequisite {name!r} ({conn.dataset_type}, dimensions "
         f"{', '.join(conn.dimensions) or 'none'}) is missing or ambiguous for {len(data_ids)} "
-        f"quanta, e.g. {wanted} (quantum {dict(example)}), in collections {search}"
+        f"quanta, e.g. {wanted} (quantum {dict(example.subset(required))}), in collections "
+        f"{search}"
     )
 
 

@@ -29,6 +29,7 @@ layout and the header keys (``DATASEC``, ``BIASSEC``, ``PBIASSEC``, ``DETSEC``, 
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -265,25 +266,37 @@ def interpolate_pixels(
 ) -> np.ndarray:
     """Values for the ``bad`` pixels from a Gaussian-weighted mean of the good ones nearby.
 
-    Normalized convolution: ``G * (image * good) / G * good`` with a Gaussian ``G`` of
-    ``sigma`` pixels; where no good pixel is near, the kernel is doubled (``max_iter`` times).
-    Returns a copy of ``image`` with the bad pixels replaced.
+    Each bad pixel gets the mean of the good pixels within ``2 sigma`` (at least 2 pixels),
+    weighted by a Gaussian of ``sigma`` pixels; where none is that close, the radius and sigma
+    are doubled (``max_iter`` times; pixels with no good pixel at all keep their value). Only the
+    bad pixels are visited, so the cost grows with their number, not the image size. Returns a
+    float64 copy of ``image`` with the bad pixels replaced.
     """
     out = np.array(image, dtype=np.float64, copy=True)
-    todo = np.asarray(bad, dtype=bool).copy()
-    if not todo.any():
-        return out
-    good = (~todo).astype(np.float64)
-    filled = np.where(todo, 0.0, out)
+    bad = np.asarray(bad, dtype=bool)
+    ys, xs = np.nonzero(bad)
+    ny, nx = out.shape
     s = float(sigma)
     for _ in range(max_iter + 1):
-        num = ndimage.gaussian_filter(filled, s, mode="nearest", truncate=3.0)
-        den = ndimage.gaussian_filter(good, s, mode="nearest", truncate=3.0)
-        ok = todo & (den > 1e-3)
-        out[ok] = num[ok] / den[ok]
-        todo &= ~ok
-        if not todo.any():
+        if ys.size == 0:
             break
+        half = max(2, int(math.ceil(2.0 * s)))
+        num = np.zeros(ys.size)
+        den = np.zeros(ys.size)
+        for dy in range(-half, half + 1):
+            for dx in range(-half, half + 1):
+                if dx == 0 and dy == 0:
+                    continue
+                weight = math.exp(-0.5 * (dx * dx + dy * dy) / (s * s))
+                yy, xx = ys + dy, xs + dx
+                inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+                yy, xx = np.where(inside, yy, 0), np.where(inside, xx, 0)
+                good = inside & ~bad[yy, xx]
+                num += np.where(good, weight * image[yy, xx], 0.0)
+                den += np.where(good, weight, 0.0)
+        done = den > 0
+        out[ys[done], xs[done]] = num[done] / den[done]
+        ys, xs = ys[~done], xs[~done]
         s *= 2.0
     return out
 

@@ -209,25 +209,58 @@ def _statuses(repo):
 
 
 def test_serial_pool_and_dask_give_identical_outputs(tmp_path):
+    from distributed import Client, LocalCluster
+
     results = {}
     pids = {}
-    for name, kwargs in (
-        ("serial", {"jobs": 1}),
-        ("pool", {"jobs": 2}),
-        ("dask", {"jobs": 2, "dask": "local"}),
-    ):
-        repo = make_toy_repo(str(tmp_path / name), n_visits=3)
-        graph = build(repo)
-        summary = run_graph(repo, graph, **kwargs)
-        assert summary.ok, summary.describe()
-        check_truth(repo, graph)
-        results[name] = {k: v[0] for k, v in outputs(repo).items()}
-        pids[name] = set(repo.registry.current_quanta()["pid"].to_list())
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        for name, kwargs in (
+            ("serial", {"jobs": 1}),
+            ("pool", {"jobs": 2}),
+            ("dask", {"dask": cluster.scheduler_address}),  # as for a remote cluster
+        ):
+            repo = make_toy_repo(str(tmp_path / name), n_visits=3)
+            graph = build(repo)
+            summary = run_graph(repo, graph, **kwargs)
+            assert summary.ok, summary.describe()
+            check_truth(repo, graph)
+            results[name] = {k: v[0] for k, v in outputs(repo).items()}
+            pids[name] = set(repo.registry.current_quanta()["pid"].to_list())
+        with Client(cluster) as client:
+            worker_pids = set(client.run(os.getpid).values())
     assert results["serial"] == results["pool"] == results["dask"]
     assert len(results["serial"]) == len(graph.quanta)
     assert pids["serial"] == {os.getpid()}
     assert os.getpid() not in pids["pool"] and os.getpid() not in pids["dask"]
     assert len(pids["pool"]) == 2 and len(pids["dask"]) == 2  # both workers took quanta
+    assert pids["dask"] <= worker_pids
+
+
+def test_cli_run_on_a_local_dask_cluster(tmp_path):
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=1)
+    path = tmp_path / "toy.yaml"
+    path.write_text(toy_pipeline_yaml())
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            repo.storage.url,
+            f"{path}#singleFrame",
+            "-i",
+            "raw,calib",
+            "--output",
+            "out",
+            "--dask",
+            "local",
+            "-j",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "8 done, 0 skipped, 0 failed, 0 blocked" in result.output
+    assert os.getpid() not in set(repo.registry.current_quanta()["pid"].to_list())
 
 
 def test_provenance_walks_back_to_the_raws(tmp_path):
