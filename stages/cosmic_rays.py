@@ -36,7 +36,7 @@ from repo.errors import DrpError
 from repo.exposure import Exposure
 from repo.psf import adaptive_sigma
 
-from .isr import interpolate_pixels
+from .isr import fill_values
 
 #: Neighbour offsets (dy, dx) of the four directions tested and their distance (pixels).
 DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -97,39 +97,55 @@ def psf_pair_ratios(psf_sigma: float) -> np.ndarray:
     return np.exp(-dist2 / (2.0 * psf_sigma**2))
 
 
-def _shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``a`` moved so that out[y, x] = a[y + dy, x + dx] (edges repeat the border)."""
-    padded = np.pad(a, 1, mode="edge")
-    ny, nx = a.shape
-    return padded[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx]
-
-
 def sharper_than_psf(
     values: np.ndarray,
     variance: np.ndarray,
     ratios: np.ndarray,
     nsigma: float,
+    ys: np.ndarray,
+    xs: np.ndarray,
     invalid: np.ndarray | None = None,
     neighbours: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Pixels sharper than the PSF allows by ``nsigma`` in at least one direction.
+    """Which pixels ``(ys, xs)`` are sharper than the PSF allows by ``nsigma``.
 
-    ``values`` is background-subtracted; ``ratios`` come from :func:`psf_pair_ratios`. A
-    direction whose neighbour pair touches an ``invalid`` pixel is not used. ``neighbours``
-    (default ``values``) supplies the neighbours' values.
+    In at least one direction, ``r * I - mean(pair)`` must exceed ``nsigma`` times its noise
+    (from ``variance``). ``values`` is background-subtracted; ``ratios`` come from
+    :func:`psf_pair_ratios`; a direction whose pair touches an ``invalid`` pixel or the image
+    border is not used. ``neighbours`` (default ``values``) supplies the pair's values.
     """
     neighbours = values if neighbours is None else neighbours
-    out = np.zeros(values.shape, dtype=bool)
+    ny, nx = values.shape
+    centre = values[ys, xs].astype(np.float64)
+    var_centre = variance[ys, xs].astype(np.float64)
+    out = np.zeros(ys.size, dtype=bool)
     for (dy, dx), r in zip(DIRECTIONS, ratios, strict=True):
-        plus, minus = _shifted(neighbours, dy, dx), _shifted(neighbours, -dy, -dx)
-        var_pair = 0.25 * (_shifted(variance, dy, dx) + _shifted(variance, -dy, -dx))
-        excess = r * values - 0.5 * (plus + minus)
-        noise2 = r * r * variance + var_pair
-        sharp = (excess > 0) & (excess * excess > nsigma * nsigma * noise2)
+        y1, x1, y2, x2 = ys + dy, xs + dx, ys - dy, xs - dx
+        inside = (y1 < ny) & (x1 >= 0) & (x1 < nx) & (y2 >= 0) & (x2 >= 0) & (x2 < nx)
+        y1, x1 = np.where(inside, y1, ys), np.where(inside, x1, xs)
+        y2, x2 = np.where(inside, y2, ys), np.where(inside, x2, xs)
+        pair = 0.5 * (neighbours[y1, x1].astype(np.float64) + neighbours[y2, x2])
+        var_pair = 0.25 * (variance[y1, x1].astype(np.float64) + variance[y2, x2])
+        excess = r * centre - pair
+        sharp = inside & (excess > 0)
+        sharp &= excess * excess > nsigma * nsigma * (r * r * var_centre + var_pair)
         if invalid is not None:
-            sharp &= ~(_shifted(invalid, dy, dx) | _shifted(invalid, -dy, -dx))
+            sharp &= ~(invalid[y1, x1] | invalid[y2, x2])
         out |= sharp
     return out
+
+
+def _neighbours(
+    ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct 8-connected neighbours (inside the image) of pixels ``(ys, xs)``."""
+    ny, nx = shape
+    dy, dx = np.mgrid[-1:2, -1:2]
+    yy = (ys[:, None] + dy.ravel()[None, :]).ravel()
+    xx = (xs[:, None] + dx.ravel()[None, :]).ravel()
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    flat = np.unique(yy[inside] * nx + xx[inside])
+    return flat // nx, flat % nx
 
 
 def _background(image: np.ndarray, excluded: np.ndarray, mesh: int) -> np.ndarray:
@@ -173,26 +189,37 @@ def find_cosmic_rays(
         column = np.ones((2 * config.saturation_buffer + 1, 1), dtype=bool)
         excluded |= ndimage.binary_dilation(sat, column)
     values = image - _background(image, excluded, config.background_mesh)
-    found = (values > 0) & (values * values > config.detect_sigma**2 * variance) & ~excluded
-    found &= sharper_than_psf(values, variance, ratios, config.sharp_sigma, invalid)
-    structure = np.ones((3, 3), dtype=bool)
+    ys, xs = np.nonzero(
+        (values > 0) & (values * values > config.detect_sigma**2 * variance) & ~excluded
+    )
+    sharp = sharper_than_psf(values, variance, ratios, config.sharp_sigma, ys, xs, invalid)
+    found = np.zeros(image.shape, dtype=bool)
+    found[ys[sharp], xs[sharp]] = True
+    grow2 = config.grow_sigma**2
     for _ in range(config.grow_iterations):
-        if not found.any():
+        fy, fx = np.nonzero(found)
+        if fy.size == 0:
             break
-        ring = ndimage.binary_dilation(found, structure) & ~found & ~excluded
-        ring &= values > config.grow_sigma * np.sqrt(variance)
-        if not ring.any():
+        ry, rx = _neighbours(fy, fx, image.shape)
+        keep = ~found[ry, rx] & ~excluded[ry, rx]
+        ry, rx = ry[keep], rx[keep]
+        v = values[ry, rx]
+        keep = (v > 0) & (v * v > grow2 * variance[ry, rx])
+        ry, rx = ry[keep], rx[keep]
+        if ry.size == 0:
             break
         # The neighbours as they would be without the cosmic rays found so far, interpolated
         # from pixels that are neither found nor candidates.
+        candidates = found.copy()
+        candidates[ry, rx] = True
         cleaned = values.copy()
-        cleaned[found] = interpolate_pixels(values, found | ring)[found]
-        new = ring & sharper_than_psf(
-            values, variance, ratios, config.grow_sigma, invalid, neighbours=cleaned
+        cleaned[fy, fx] = fill_values(values, candidates, fy, fx)
+        new = sharper_than_psf(
+            values, variance, ratios, config.grow_sigma, ry, rx, invalid, neighbours=cleaned
         )
         if not new.any():
             break
-        found |= new
+        found[ry[new], rx[new]] = True
     return found
 
 
@@ -272,7 +299,7 @@ def repair_cosmic_rays(
     """Set the CR plane on ``cosmic_rays`` and replace those pixels by an interpolation.
 
     Image and variance of the pixels are interpolated from the good pixels around them
-    (:func:`stages.isr.interpolate_pixels`, a Gaussian of ``interpolation_sigma`` pixels);
+    (:func:`stages.isr.fill_values`, a Gaussian of ``interpolation_sigma`` pixels);
     the INTRP plane is set too. Modifies ``exposure`` in place and returns the number of pixels.
     """
     cosmic_rays = np.asarray(cosmic_rays, dtype=bool)
@@ -284,6 +311,9 @@ def repair_cosmic_rays(
     if n == 0:
         return 0
     exposure.mask[cosmic_rays] |= exposure.bits("CR", "INTRP")
-    exposure.image[:] = interpolate_pixels(exposure.image, cosmic_rays, interpolation_sigma)
-    exposure.variance[:] = interpolate_pixels(exposure.variance, cosmic_rays, interpolation_sigma)
+    ys, xs = np.nonzero(cosmic_rays)
+    exposure.image[ys, xs] = fill_values(exposure.image, cosmic_rays, ys, xs, interpolation_sigma)
+    exposure.variance[ys, xs] = fill_values(
+        exposure.variance, cosmic_rays, ys, xs, interpolation_sigma
+    )
     return n

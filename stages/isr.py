@@ -38,7 +38,6 @@ from typing import Any, Protocol
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
-from scipy import ndimage
 from scipy.signal import savgol_filter
 
 from repo.errors import DrpError
@@ -264,41 +263,58 @@ def raw_wcs(raw: fits.HDUList) -> WCS | None:
 def interpolate_pixels(
     image: np.ndarray, bad: np.ndarray, sigma: float = 1.0, max_iter: int = 5
 ) -> np.ndarray:
-    """Values for the ``bad`` pixels from a Gaussian-weighted mean of the good ones nearby.
-
-    Each bad pixel gets the mean of the good pixels within ``2 sigma`` (at least 2 pixels),
-    weighted by a Gaussian of ``sigma`` pixels; where none is that close, the radius and sigma
-    are doubled (``max_iter`` times; pixels with no good pixel at all keep their value). Only the
-    bad pixels are visited, so the cost grows with their number, not the image size. Returns a
-    float64 copy of ``image`` with the bad pixels replaced.
-    """
+    """A float64 copy of ``image`` with the ``bad`` pixels replaced (:func:`fill_values`)."""
     out = np.array(image, dtype=np.float64, copy=True)
     bad = np.asarray(bad, dtype=bool)
     ys, xs = np.nonzero(bad)
-    ny, nx = out.shape
+    out[ys, xs] = fill_values(image, bad, ys, xs, sigma, max_iter)
+    return out
+
+
+def fill_values(
+    image: np.ndarray,
+    bad: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    sigma: float = 1.0,
+    max_iter: int = 5,
+) -> np.ndarray:
+    """Interpolated values at pixels ``(ys, xs)`` from the good (not ``bad``) pixels nearby.
+
+    Each pixel gets the mean of the good pixels within ``2 sigma`` (at least 2 pixels),
+    weighted by a Gaussian of ``sigma`` pixels; where none is that close, the radius and sigma
+    are doubled (``max_iter`` times; a pixel with no good pixel at all keeps its value). Only
+    the requested pixels are visited, so the cost grows with their number, not the image size.
+    """
+    ny, nx = image.shape
+    ys = np.asarray(ys, dtype=np.intp)
+    xs = np.asarray(xs, dtype=np.intp)
+    result = np.asarray(image[ys, xs], dtype=np.float64).copy()
+    todo = np.arange(ys.size)
     s = float(sigma)
     for _ in range(max_iter + 1):
-        if ys.size == 0:
+        if todo.size == 0:
             break
+        py, px = ys[todo], xs[todo]
         half = max(2, int(math.ceil(2.0 * s)))
-        num = np.zeros(ys.size)
-        den = np.zeros(ys.size)
+        num = np.zeros(todo.size)
+        den = np.zeros(todo.size)
         for dy in range(-half, half + 1):
             for dx in range(-half, half + 1):
                 if dx == 0 and dy == 0:
                     continue
                 weight = math.exp(-0.5 * (dx * dx + dy * dy) / (s * s))
-                yy, xx = ys + dy, xs + dx
+                yy, xx = py + dy, px + dx
                 inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
                 yy, xx = np.where(inside, yy, 0), np.where(inside, xx, 0)
                 good = inside & ~bad[yy, xx]
                 num += np.where(good, weight * image[yy, xx], 0.0)
                 den += np.where(good, weight, 0.0)
         done = den > 0
-        out[ys[done], xs[done]] = num[done] / den[done]
-        ys, xs = ys[~done], xs[~done]
+        result[todo[done]] = num[done] / den[done]
+        todo = todo[~done]
         s *= 2.0
-    return out
+    return result
 
 
 def run_isr(
