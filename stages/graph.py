@@ -638,17 +638,19 @@ class _Builder:
             upstream.update(c.producer for c in chosen if c.producer is not None)
         for name, (direct, sky, index) in prereq_index.items():
             cands = index.get(tuple(values.get(n) for n in direct), [])
-            if sky and cands:
-                pairs = set(self.overlaps().patches(values))
-                tracts = {t for t, _ in pairs}
+            covered = True
+            if sky:
+                # every tract (or patch) the quantum overlaps must have its dataset
+                wanted = {tp if "patch" in sky else tp[0] for tp in self.overlaps().patches(values)}
+                skymap = self.skymap().name
                 cands = [
                     c
                     for c in cands
-                    if (c.values.get("tract"), c.values.get("patch")) in pairs
-                    or ("patch" not in sky and c.values.get("tract") in tracts)
+                    if c.values.get("skymap") == skymap and _sky_key(c.values, sky) in wanted
                 ]
+                covered = {_sky_key(c.values, sky) for c in cands} == wanted
             conn = cls.inputs[name]
-            if not cands or (len(cands) > 1 and not conn.multiple):
+            if not cands or not covered or (len(cands) > 1 and not conn.multiple):
                 missing.setdefault(name, []).append(data_id)
                 continue
             inputs[name] = [c.ref for c in sorted(cands, key=lambda c: c.order)]
@@ -705,6 +707,11 @@ class _Builder:
 
 
 _ABSENT = object()
+
+
+def _sky_key(values: Mapping[str, Any], sky: Sequence[str]) -> Any:
+    """(tract, patch) of a dataset with a patch, or its tract."""
+    return (values.get("tract"), values.get("patch")) if "patch" in sky else values.get("tract")
 
 
 def _ordered(names: Sequence[str], values: Mapping[str, Any]) -> DataId:

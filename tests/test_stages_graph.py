@@ -9,7 +9,14 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from stages_toys import TOY_SKYMAP, VD, Calibrate, make_toy_repo, toy_pipeline_yaml
+from stages_toys import (
+    TOY_SKYMAP,
+    VD,
+    Calibrate,
+    detector_region,
+    make_toy_repo,
+    toy_pipeline_yaml,
+)
 
 from cli.main import cli
 from repo.errors import (
@@ -26,6 +33,7 @@ from stages.graph import NothingSelectedError, build_graph, quantum_id_for
 from stages.overlaps import MissingRegionError, find_polygon_patches
 from stages.pipeline import Pipeline, StageDef
 from stages.runner import make_spec
+from stages.skymap_setup import ensure_tract_records
 
 SKY = RingsSkyMap(TOY_SKYMAP)
 
@@ -307,3 +315,111 @@ def test_dry_run_prints_the_graph_and_writes_nothing(toy, tmp_path):
     assert data["stages"]["calibrate"] == {"quanta": 4, "run": 4, "skip": 0}
     assert "out" not in {c.name for c in toy.collections()}
     assert Calibrate.import_path() == "stages_toys.Calibrate"
+
+
+class MakeFlat(Stage):
+    """A calibration product: one per (detector, physical_filter) from every raw of that filter."""
+
+    dimensions = ("instrument", "detector", "physical_filter")
+    inputs = {"raws": Connection("rawImage", VD, "Image", multiple=True)}
+    outputs = {"flat": Connection("flat", ("instrument", "detector", "physical_filter"), "Image")}
+
+    def run(self, raws):
+        return {"flat": np.mean(list(raws.values()), axis=0)}
+
+
+class MakeBias(Stage):
+    dimensions = ("instrument", "detector")
+    inputs = {"raws": Connection("rawImage", VD, "Image", multiple=True)}
+    outputs = {"combined": Connection("combinedBias", ("instrument", "detector"), "Image")}
+
+    def run(self, raws):
+        return {"combined": np.median(list(raws.values()), axis=0)}
+
+
+def test_calibration_product_quanta_group_raws_by_detector_and_filter(toy):
+    pipeline = Pipeline(
+        [
+            StageDef("flat", MakeFlat, MakeFlat.config_class()),
+            StageDef("bias", MakeBias, MakeBias.config_class()),
+        ]
+    )
+    graph = build(toy, pipeline, where="visit != 5")
+    flats = graph.by_label()["flat"]
+    assert [(q.data_id["physical_filter"], q.data_id["detector"]) for q in flats] == [
+        (f, d) for f in ("TestCam-g", "TestCam-r") for d in range(4)
+    ]
+    for q in flats:
+        visits = [r.data_id["visit"] for r in q.inputs["raws"]]
+        parity = 0 if q.data_id["band"] == "g" else 1
+        assert visits == [v for v in range(1, 7) if v % 2 == parity and v != 5]
+        assert {r.data_id["detector"] for r in q.inputs["raws"]} == {q.data_id["detector"]}
+    biases = graph.by_label()["bias"]
+    assert [len(q.inputs["raws"]) for q in biases] == [5, 5, 5, 5]
+
+
+class UsesRefcat(Stage):
+    dimensions = VD
+    inputs = {
+        "raw": Connection("rawImage", VD, "Image"),
+        "refcat": Connection(
+            "refcat", ("skymap", "tract"), "Catalog", prerequisite=True, multiple=True
+        ),
+    }
+    outputs = {"matched": Connection("matched", VD, "Catalog")}
+
+    def run(self, raw, refcat):
+        return {"matched": next(iter(refcat.values()))}
+
+
+def test_spatial_prerequisites_come_from_the_overlapping_tracts(toy):
+    import pyarrow as pa
+
+    # visit 6 straddles the edge between two tracts
+    visit = toy.query_dimension_records("visit", where="visit = 6")[0]
+    edge = (SKY.tract(SKY.find_tract(visit["ra"], visit["dec"])).ra_range[1] + 0.1) % 360
+    toy.insert_dimension_records(
+        "visit_detector_region",
+        [
+            {
+                "instrument": "TestCam",
+                "visit": 6,
+                "detector": d,
+                "region": detector_region(edge, visit["dec"], d),
+            }
+            for d in range(4)
+        ],
+        update=True,
+    )
+    regions = regions_of(toy)
+    tracts_of = {key: {t for t, _ in brute_patches(poly)} for key, poly in regions.items()}
+    all_tracts = sorted(set().union(*tracts_of.values()))
+    assert len(all_tracts) >= 2 and any(len(t) == 2 for t in tracts_of.values())
+    ensure_tract_records(toy, SKY, all_tracts)
+    toy.register_dataset_type("refcat", ("skymap", "tract"), "Catalog")
+    for tract in all_tracts[:-1]:
+        toy.put(
+            pa.table({"tract": [tract]}),
+            "refcat",
+            skymap=TOY_SKYMAP.name,
+            tract=tract,
+            run="refcats",
+        )
+    pipeline = Pipeline([StageDef("match", UsesRefcat, UsesRefcat.config_class())])
+    lacking = sum(all_tracts[-1] in tracts for tracts in tracts_of.values())
+    with pytest.raises(
+        DatasetNotFoundError, match=f"prerequisite 'refcat' .* for {lacking} quanta"
+    ):
+        build_graph(toy, pipeline, output_run="out", inputs=["raw", "refcats"])
+    toy.put(
+        pa.table({"tract": [all_tracts[-1]]}),
+        "refcat",
+        skymap=TOY_SKYMAP.name,
+        tract=all_tracts[-1],
+        run="refcats",
+    )
+    graph = build_graph(toy, pipeline, output_run="out", inputs=["raw", "refcats"])
+    assert len(graph.quanta) == 24
+    for q in graph.quanta.values():
+        key = (q.data_id["visit"], q.data_id["detector"])
+        assert [r.data_id["tract"] for r in q.inputs["refcat"]] == sorted(tracts_of[key])

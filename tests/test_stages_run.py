@@ -372,3 +372,32 @@ def test_resume_after_sigkill_runs_exactly_the_missing_quanta(tmp_path):
     pipeline = Pipeline.load(f"{path}#singleFrame", ["calibrate.sleep=0.25"])
     graph = build_graph(final, pipeline, output_run="out", inputs=["raw", "calib"])
     assert {q.status for q in graph.quanta.values()} == {"skip"}
+
+
+def test_log_progress_reports_each_tenth_failures_and_completion():
+    import io
+
+    from stages.progress import LogProgress, TqdmProgress, make_progress
+
+    out = io.StringIO()
+    progress = LogProgress(out)
+    progress.start({"a": 20, "b": 0, "c": 1})
+    for i in range(20):
+        progress.advance("a", "failed" if i == 3 else "done", "{'visit': 4}: boom")
+    progress.advance("c", "blocked")
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "running 21 quanta: a 20, c 1"
+    assert lines[2] == "a: FAILED {'visit': 4}: boom"
+    tenths = [line for line in lines if line.startswith("a: ") and "finished" in line]
+    assert len(tenths) == 10
+    assert tenths[0] == "a: 2/20 quanta finished (2 done)"
+    assert tenths[-1] == "a: 20/20 quanta finished (19 done, 1 failed)"
+    assert lines[-1] == "c: 1/1 quanta finished (0 done, 1 blocked)"
+    assert isinstance(make_progress(io.StringIO()), LogProgress)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(make_progress(Terminal()), TqdmProgress)
