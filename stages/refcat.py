@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table, vstack
 
 from repo.errors import CorruptDatasetError, DrpError
@@ -99,8 +101,10 @@ def read_gaia_shards(paths: Sequence[str | os.PathLike[str]]) -> Table:
 
 def _read_gaia_shard(path: str) -> Table:
     try:
-        with fits.open(path, memmap=False) as hdul:
-            data = Table(hdul[1].data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)  # a broken file raises below
+            with fits.open(path, memmap=False) as hdul:
+                data = Table(hdul[1].data)
     except (OSError, ValueError, IndexError, TypeError) as exc:
         raise CorruptDatasetError(f"{path}: cannot read a Gaia shard table ({exc})") from exc
     missing = [name for name in GAIA_COLUMNS if name not in data.colnames]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from astropy.wcs import WCS
+from scipy.spatial import cKDTree
 
 from repo.errors import DrpError
 from repo.instruments.simcam import inverse_gnomonic
@@ -241,3 +242,101 @@ def test_sky_coordinates_columns(survey):
     dra = (out["coord_ra"][bright] - truth["ra"][bright]) * np.cos(np.radians(c.true_dec))
     assert np.max(np.abs(dra)) * 3.6e6 < 20.0
     assert "coord_ra" not in sources.colnames
+
+
+def test_end_to_end_with_sep_on_a_rendered_image(survey):
+    """Render a detector (GalSim, Poisson noise), extract with sep, calibrate from 30 arcsec off."""
+    sep = pytest.importorskip("sep")
+    from stages.photometry import calibrate_photometry
+    from stages.simulate.render import render_sources, sky_image
+
+    config, plan, sky = survey
+    visit, detector = plan.visits[1], 1
+    truth = visit_sources(plan, sky, visit, detector)
+    scene = np.ascontiguousarray(sky_image(plan.camera, visit, detector), dtype=np.float64)
+    render_sources(plan.camera, visit, detector, truth, scene)
+    image = np.random.default_rng(0).poisson(np.clip(scene, 0.0, None)).astype(float)
+    data = image - sep.Background(image, bw=64, bh=64).back()
+    err = np.sqrt(np.clip(scene, 1.0, None))
+    objects = sep.extract(data, 5.0, err=err, minarea=5)
+    sigma = visit.conditions.seeing / plan.camera.config.pixel_scale_arcsec / 2.355
+    x, y, wflag = sep.winpos(data, objects["x"], objects["y"], np.full(len(objects), sigma))
+    flux, flux_err, _ = sep.sum_circle(data, x, y, 4.0 * 2.355 * sigma, err=err)
+    good = (wflag == 0) & (objects["flag"] == 0) & (objects["peak"] < 0.7 * 9e4)
+    snr = flux / flux_err
+    sources = Table(
+        {"x": x, "y": y, "xErr": sigma * math.sqrt(2) / snr, "yErr": sigma * math.sqrt(2) / snr,
+         "psfFlux": flux, "psfFluxErr": flux_err}
+    )[good]  # fmt: skip
+    initial = offset_wcs(plan.camera, visit, detector, 30.0, 0.0, rot=0.2)
+    result = calibrate_astrometry(
+        sources, sky.refcat, initial, (config.size, config.size), mjd_to_epoch(visit.mjd)
+    )
+    stars = truth[np.asarray(truth["on_detector"]) & (truth["source_type"] == "star")]
+    tree_d, tree_i = cKDTree(np.column_stack([sources["x"], sources["y"]])).query(
+        np.column_stack([stars["x"], stars["y"]]), distance_upper_bound=1.5
+    )
+    found = np.isfinite(tree_d)
+    matched, stars = sources[tree_i[found]], stars[found]
+    bright = matched["psfFlux"] / matched["psfFluxErr"] > 100
+    assert bright.sum() >= 10
+    dxi, deta = sky_residuals_mas(
+        result.wcs, matched["x"][bright], matched["y"][bright],
+        stars["ra"][bright], stars["dec"][bright],
+    )  # fmt: skip
+    assert math.sqrt(np.mean(dxi**2 + deta**2)) < 5.0  # issue: 10 mas, aim 5
+    used = result.matches[result.matches["used"]]
+    zero_point = calibrate_photometry(
+        sources, sky.refcat, used["source_index"], used["ref_index"], visit.band
+    )
+    # A 4-FWHM aperture loses a few mmag of a Moffat's flux: the bound leaves room for that.
+    assert abs(zero_point.zero_point - visit.conditions.zero_point) < 0.005
+
+
+def _write_shard(path, **overrides):
+    n = 3
+    columns = {
+        "source_id": np.array([11, 12, 13], dtype=np.int64),
+        "ra": np.array([110.1, 110.2, 110.3]),
+        "dec": np.array([23.9, 24.0, 24.1]),
+        "ra_error": np.full(n, 0.05),
+        "dec_error": np.full(n, 0.04),
+        "pmra": np.array([5.0, np.nan, -3.0]),
+        "pmdec": np.array([-2.0, np.nan, 1.0]),
+        "pmra_error": np.full(n, 0.1),
+        "pmdec_error": np.full(n, 0.1),
+        "ref_epoch": np.full(n, 2015.5),
+        "phot_g_mean_mag": np.array([12.0, 19.0, 20.5], dtype=np.float32),
+        "phot_bp_mean_mag": np.array([12.4, 0.0, np.nan], dtype=np.float32),
+        "phot_rp_mean_mag": np.array([11.5, 18.2, 19.9], dtype=np.float32),
+        "phot_variable_flag": np.array([False, True, False]),
+        "astrometric_excess_noise": np.zeros(n, dtype=np.float32),
+    }
+    columns.update(overrides)
+    Table(columns).write(path, format="fits", overwrite=True)
+
+
+def test_read_gaia_shards(tmp_path):
+    from stages.refcat import read_gaia_shards
+
+    _write_shard(tmp_path / "chunk-00001.fits")
+    _write_shard(tmp_path / "chunk-00002.fits", source_id=np.array([13, 14, 15]))
+    refcat = read_gaia_shards([tmp_path / "chunk-00001.fits", tmp_path / "chunk-00002.fits"])
+    assert list(refcat["id"]) == [11, 12, 13, 14, 15]  # star 13 read once
+    assert list(refcat["pm_ra"][:2]) == [5.0, 0.0]  # no proper motion: 0 +- 10 mas/yr
+    assert refcat["pm_dec_err"][1] == 10.0 and refcat["pm_dec_err"][0] == pytest.approx(0.1)
+    assert np.isnan(refcat["phot_bp_mean_mag"][1])  # EDR3 writes 0 for "no magnitude"
+    assert refcat["phot_bp_rp"][0] == pytest.approx(0.9, abs=1e-5)
+    assert list(refcat["phot_variable_flag"][:3]) == [False, True, False]
+    assert refcat["epoch"][0] == 2015.5
+    moved = apply_proper_motion(refcat, 2025.5)
+    assert (moved["dec"][0] - refcat["dec"][0]) * 3.6e6 == pytest.approx(-20.0)
+    assert moved["dec_err"][1] == pytest.approx(math.hypot(0.04, 100.0))
+    Table({"ra": [1.0]}).write(tmp_path / "bad.fits")
+    with pytest.raises(DrpError, match="not a Gaia shard"):
+        read_gaia_shards([tmp_path / "bad.fits"])
+    (tmp_path / "broken.fits").write_bytes(b"SIMPLE  =  T" + b" " * 100)
+    with pytest.raises(DrpError, match="broken.fits"):
+        read_gaia_shards([tmp_path / "broken.fits"])
+    with pytest.raises(DrpError, match="no Gaia shard"):
+        read_gaia_shards([])
