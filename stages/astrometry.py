@@ -164,7 +164,8 @@ def _monomials(u: np.ndarray, v: np.ndarray, order: int, lowest: int = 0) -> tup
 def _coarse_rotations(max_rotation_deg: float, bin_px: float, radius_px: float) -> np.ndarray:
     step = math.degrees(bin_px / max(radius_px, 1.0))
     n = int(math.ceil(max_rotation_deg / step))
-    return np.linspace(-max_rotation_deg, max_rotation_deg, 2 * n + 1) if n else np.zeros(1)
+    angles = np.linspace(-max_rotation_deg, max_rotation_deg, 2 * n + 1) if n else np.zeros(1)
+    return angles[np.argsort(np.abs(angles), kind="stable")]  # ties go to the smaller rotation
 
 
 def _rotate(dx: np.ndarray, dy: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -175,14 +176,18 @@ def _rotate(dx: np.ndarray, dy: np.ndarray, angle_deg: float) -> tuple[np.ndarra
 
 def _offset_peak(
     xs: np.ndarray, ys: np.ndarray, xr: np.ndarray, yr: np.ndarray, half: float, bin_px: float
-) -> tuple[int, float, float]:
-    """Peak of the 2-D histogram of source-minus-reference offsets (count and mean offset)."""
+) -> tuple[int, float, float, float]:
+    """Peak of the 2-D histogram of source-minus-reference offsets.
+
+    Returns the peak count, the median offset (dx, dy) of its pairs and the count a cell would
+    hold by chance (random pairs spread over the search box).
+    """
     dx = (xs[:, None] - xr[None, :]).ravel()
     dy = (ys[:, None] - yr[None, :]).ravel()
     keep = (np.abs(dx) < half) & (np.abs(dy) < half)
     dx, dy = dx[keep], dy[keep]
     if dx.size == 0:
-        return 0, 0.0, 0.0
+        return 0, 0.0, 0.0, 0.0
     n_bins = max(2, int(math.ceil(2 * half / bin_px)))
     edges = np.linspace(-half, half, n_bins + 1)
     hist, _, _ = np.histogram2d(dx, dy, bins=(edges, edges))
@@ -190,7 +195,8 @@ def _offset_peak(
     summed = hist[:-1, :-1] + hist[1:, :-1] + hist[:-1, 1:] + hist[1:, 1:]
     i, j = np.unravel_index(np.argmax(summed), summed.shape)
     inside = (dx >= edges[i]) & (dx < edges[i + 2]) & (dy >= edges[j]) & (dy < edges[j + 2])
-    return int(summed[i, j]), float(np.median(dx[inside])), float(np.median(dy[inside]))
+    chance = 4.0 * dx.size / n_bins**2
+    return int(summed[i, j]), float(np.median(dx[inside])), float(np.median(dy[inside])), chance
 
 
 def _fit_affine(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -275,19 +281,22 @@ def match_sources(
     half = config.max_offset_arcsec / pixel_scale
     bin_px = config.bin_arcsec / pixel_scale
     radius = float(np.max(np.hypot(source_xy[:, 0] - cx, source_xy[:, 1] - cy)))
-    best = (-1, 0.0, 0.0, 0.0)
+    best = (-1, 0.0, 0.0, 0.0, 0.0)
     for angle in _coarse_rotations(config.max_rotation_deg, bin_px, radius):
         rx, ry = _rotate(ref_xy[bright_r, 0] - cx, ref_xy[bright_r, 1] - cy, angle)
-        count, dx, dy = _offset_peak(
+        count, dx, dy, chance = _offset_peak(
             source_xy[bright_s, 0] - cx, source_xy[bright_s, 1] - cy, rx, ry, half, bin_px
         )
         if count > best[0]:
-            best = (count, float(angle), dx, dy)
-    count, angle, dx, dy = best
-    if count < need:
+            best = (count, float(angle), dx, dy, chance)
+    count, angle, dx, dy, chance = best
+    # The peak must stand out of the random pairs (5 sigma of Poisson) as well as count enough.
+    required = max(need, math.ceil(chance + 5.0 * math.sqrt(chance)))
+    if count < required:
         raise DrpError(
             f"astrometric match failed: the best offset within {config.max_offset_arcsec} arcsec "
-            f"and {config.max_rotation_deg} deg has {count} pairs (< {need})"
+            f"and {config.max_rotation_deg} deg has {count} pairs (< {required}; "
+            f"{chance:.1f} expected by chance)"
         )
     a = math.radians(angle)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])

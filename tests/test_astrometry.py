@@ -340,3 +340,25 @@ def test_read_gaia_shards(tmp_path):
         read_gaia_shards([tmp_path / "broken.fits"])
     with pytest.raises(DrpError, match="no Gaia shard"):
         read_gaia_shards([])
+
+
+def test_tiny_preset_from_the_reported_pointing():
+    """The demo's preset: few reference stars per detector (5-7), the raw headers' WCS."""
+    config = SurveyConfig.from_preset("tiny")
+    plan = make_plan(config)
+    sky = make_sky(config, plan)
+    rng = np.random.default_rng(9)
+    rms = []
+    for visit in plan.visits:
+        for detector in range(config.n_detectors):
+            sources, truth = noisy_catalog(plan, sky, visit, detector, rng)
+            header_wcs = plan.camera.wcs(detector, visit.ra, visit.dec, visit.rotation_angle)
+            result = calibrate_astrometry(
+                sources, sky.refcat, header_wcs, (config.size,) * 2, mjd_to_epoch(visit.mjd)
+            )
+            assert result.n_used >= 3
+            dxi, deta = sky_residuals_mas(
+                result.wcs, truth["x"], truth["y"], truth["ra"], truth["dec"]
+            )
+            rms.append(math.sqrt(np.mean(dxi**2 + deta**2)))
+    assert max(rms) < 10.0, rms
