@@ -529,6 +529,50 @@ def _ref_mag_column(refcat: Table, name: str | None) -> str | None:
     return mags[0] if mags else None
 
 
+@dataclass
+class _FitInputs:
+    """What the match-fit-clip iterations of :func:`calibrate_astrometry` share."""
+
+    sources: Table
+    source_xy: np.ndarray
+    refs: Table
+    initial: WCS
+    shape: tuple[int, int]
+    mas_per_pixel: float
+    max_order: int
+
+    def fit(self, src: np.ndarray, ref: np.ndarray) -> tuple[WCS, int]:
+        """WCS fitted to the pairs (source rows, reference rows), and its order."""
+        order = fit_order(len(src), self.max_order)
+        weights = _star_weights(self.sources, src, self.refs, ref, self.mas_per_pixel)
+        wcs = fit_tan_sip(
+            self.source_xy[src, 0],
+            self.source_xy[src, 1],
+            np.asarray(self.refs["ra"], float)[ref],
+            np.asarray(self.refs["dec"], float)[ref],
+            self.initial,
+            order,
+            self.shape,
+            weights,
+        )
+        return wcs, order
+
+    def inliers(self, wcs: WCS, src: np.ndarray, ref: np.ndarray, clip_sigma: float):
+        """Pairs whose residual, in units of its expected error, is within the clip."""
+        dxi, deta = sky_residuals_mas(
+            wcs,
+            self.source_xy[src, 0],
+            self.source_xy[src, 1],
+            np.asarray(self.refs["ra"], float)[ref],
+            np.asarray(self.refs["dec"], float)[ref],
+        )
+        root_w = np.sqrt(_star_weights(self.sources, src, self.refs, ref, self.mas_per_pixel))
+        chi_x, chi_y = (dxi - np.median(dxi)) * root_w, (deta - np.median(deta)) * root_w
+        sigma = max(_robust_sigma(np.concatenate([chi_x, chi_y])), 1.0)
+        used = np.hypot(chi_x, chi_y) < clip_sigma * sigma
+        return used if used.any() else np.ones(len(src), bool)
+
+
 def calibrate_astrometry(
     sources: Table,
     refcat: Table,
@@ -604,22 +648,11 @@ def calibrate_astrometry(
     )
     src, ref = good_src[coarse.source_index], near_ref[coarse.ref_index]
     ref_ra, ref_dec = np.asarray(refs["ra"], float), np.asarray(refs["dec"], float)
-    current, used = wcs, np.ones(len(src), bool)
     max_order = config.max_order if wcs.sip is None else config.max_order_with_prior
-    order = 0
+    fit = _FitInputs(sources, source_xy, refs, wcs, shape, scale * 1000.0, max_order)
+    used = np.ones(len(src), bool)
     for _ in range(config.n_iterations):
-        weights = _star_weights(sources, src, refs, ref, scale * 1000.0)
-        order = fit_order(int(used.sum()), max_order)
-        current = fit_tan_sip(
-            source_xy[src[used], 0],
-            source_xy[src[used], 1],
-            ref_ra[ref[used]],
-            ref_dec[ref[used]],
-            wcs,
-            order,
-            shape,
-            weights[used],
-        )
+        current, order = fit.fit(src[used], ref[used])
         s, r = _sky_matches(
             current,
             source_xy[good_src],
@@ -630,15 +663,8 @@ def calibrate_astrometry(
         if len(s) < config.min_matches:
             break
         src, ref = good_src[s], near_ref[r]
-        dxi, deta = sky_residuals_mas(
-            current, source_xy[src, 0], source_xy[src, 1], ref_ra[ref], ref_dec[ref]
-        )
-        weights = np.sqrt(_star_weights(sources, src, refs, ref, scale * 1000.0))
-        chi_x, chi_y = (dxi - np.median(dxi)) * weights, (deta - np.median(deta)) * weights
-        sigma = max(_robust_sigma(np.concatenate([chi_x, chi_y])), 1.0)
-        used = np.hypot(chi_x, chi_y) < config.clip_sigma * sigma
-        if used.sum() < 1:
-            used[:] = True
+        used = fit.inliers(current, src, ref, config.clip_sigma)
+    current, order = fit.fit(src[used], ref[used])
     dxi, deta = sky_residuals_mas(
         current, source_xy[src, 0], source_xy[src, 1], ref_ra[ref], ref_dec[ref]
     )
