@@ -10,15 +10,24 @@ The story of :func:`calibrate_astrometry`:
    one cell while wrong pairs spread over the whole search box. The best (rotation, offset) seeds
    an iterated nearest-neighbour match with an affine transform whose radius shrinks as it
    converges. No assumption that the initial WCS is close to right beyond the search box
-   (``max_offset_arcsec``, ``max_rotation_deg``).
+   (``max_offset_arcsec``, ``max_rotation_deg``); the peak must hold ``min_matches`` pairs and
+   stand 5 Poisson sigmas above what random pairs put in a cell, else the match fails loudly.
 3. Fit (:func:`fit_tan_sip`): least squares of the reference stars' gnomonic standard coordinates
    as a polynomial of the pixel position (on top of the initial WCS's SIP distortion when it has
    one, so that the camera's optical model is the prior); the constant term moves CRVAL, the
    linear terms are the CD matrix, the higher ones go into the SIP polynomials (forward A/B and
    inverse AP/BP, fitted on a grid). The order follows the number of stars (:func:`fit_order`):
-   a shift of CRVAL for one or two stars, up to ``max_order``.
+   a shift of CRVAL below six stars, linear from six, up to ``max_order``; with a SIP prior
+   (SimCam's raw headers carry the camera's distortion) only the linear part is refitted by
+   default, since the optical model is better than a noisy polynomial fitted to 20-50 stars.
+   Weights are inverse variances from the centroid and reference-catalog errors.
 4. Iterate: re-match every reference star with the fitted WCS inside ``match_radius_arcsec``,
    clip outliers at ``clip_sigma`` robust sigmas, refit.
+
+``astropy.wcs.utils.fit_wcs_from_points`` was measured as an alternative on the same matched
+stars of the default simulated survey: linear 40 mas, SIP order 3 a median 4.8 mas (max 9.7 mas)
+of WCS error against truth, versus 1.0 mas (max 1.2 mas) here; it has no weights, outlier
+rejection or prior, so it is not used.
 
 Figures of merit in :class:`AstrometryResult`: ``rms_mas`` is the radial rms
 ``sqrt(mean(dxi^2 + deta^2))`` of the residuals (reference minus fitted, on the sky) of the
