@@ -65,7 +65,7 @@ class MeasurementConfig:
     aperture_radii : tuple of float
         Radii (pixels) of the circular apertures; column ``apNNFlux`` for radius NN (rounded).
     aperture_subpix : int
-        Sub-pixel sampling of the apertures (SExtractor uses 5).
+        Sub-pixel sampling of the apertures (0: exact overlap; SExtractor uses 5).
     kron_factor, kron_min_radius : float
         SExtractor's PHOT_AUTOPARAMS: the aperture is the ellipse (a, b, theta) scaled by
         ``max(kron_factor * kron_radius, kron_min_radius)``.
@@ -91,7 +91,7 @@ class MeasurementConfig:
     clean: bool = True
     clean_param: float = 1.0
     aperture_radii: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0, 17.0, 25.0)
-    aperture_subpix: int = 5
+    aperture_subpix: int = 0
     kron_factor: float = 2.5
     kron_min_radius: float = 3.5
     kron_subpix: int = 1

@@ -461,7 +461,7 @@ def determine_psf(
 
 
 def optical_field(
-    camera: Any, detector: int, band: str, shape: tuple[int, int], n_nodes: int = 6
+    camera: Any, detector: int, band: str, shape: tuple[int, int], n_nodes: int = 13
 ) -> OpticalField | None:
     """The optical part of a detector's PSF from an instrument model, or ``None`` when the
     instrument has none (no ``optical_psf_params``, e.g. real DECam data)."""
