@@ -217,7 +217,7 @@ def combine_dark(
     mean, variance = clipped_mean(rate, noise)
     return CalibrationProduct(
         image=mean.astype(np.float32),
-        variance=(variance / 1.0).astype(np.float32),
+        variance=variance.astype(np.float32),
         defects=mean > hot_threshold,
         metadata={
             "KIND": "dark",

@@ -220,9 +220,7 @@ def assemble(raw: fits.HDUList, config: IsrConfig = DEFAULT_ISR_CONFIG) -> Assem
         if pixels is None:
             raise DrpError(f"amplifier {amp.name} of the raw has no pixels")
         data = subtract_overscan(pixels, amp, config)
-        if data.shape != (amp.detector[0].stop - amp.detector[0].start,) + (
-            amp.detector[1].stop - amp.detector[1].start,
-        ):
+        if data.shape != electrons[amp.detector].shape:
             raise DrpError(f"amplifier {amp.name}: DATASEC and DETSEC sizes differ")
         electrons[amp.detector] = data * amp.gain
         gain[amp.detector] = amp.gain
@@ -246,29 +244,26 @@ def _planes(calibration: Any, name: str, shape: tuple[int, int]) -> tuple[np.nda
 def raw_wcs(raw: fits.HDUList) -> WCS | None:
     """The approximate WCS of the assembled detector from the raw's headers, or None.
 
-    The primary header's WCS if it has one, else the first amplifier's (the simulator writes
-    the WCS in each amplifier extension; the first starts at detector column 1).
+    The primary header's WCS if it has one; else the first amplifier's, whose reference pixel
+    is moved from the amplifier's raw pixels to the detector's (by ``DETSEC`` - ``DATASEC``).
     """
-    for hdu in raw[:2]:
-        if "CTYPE1" in hdu.header:
-            header = fits.Header(hdu.header)
-            for key in ("NAXIS1", "NAXIS2"):
-                header.remove(key, ignore_missing=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FITSFixedWarning)
-                return WCS(header, naxis=2, relax=True)
-    return None
+    if "CTYPE1" in raw[0].header:
+        return _celestial_wcs(fits.Header(raw[0].header))
+    if len(raw) < 2 or "CTYPE1" not in raw[1].header:
+        return None
+    header = fits.Header(raw[1].header)
+    amp = amplifier_readout(header)
+    header["CRPIX1"] = float(header["CRPIX1"]) + amp.detector[1].start - amp.data[1].start
+    header["CRPIX2"] = float(header["CRPIX2"]) + amp.detector[0].start - amp.data[0].start
+    return _celestial_wcs(header)
 
 
-def interpolate_pixels(
-    image: np.ndarray, bad: np.ndarray, sigma: float = 1.0, max_iter: int = 5
-) -> np.ndarray:
-    """A float64 copy of ``image`` with the ``bad`` pixels replaced (:func:`fill_values`)."""
-    out = np.array(image, dtype=np.float64, copy=True)
-    bad = np.asarray(bad, dtype=bool)
-    ys, xs = np.nonzero(bad)
-    out[ys, xs] = fill_values(image, bad, ys, xs, sigma, max_iter)
-    return out
+def _celestial_wcs(header: fits.Header) -> WCS:
+    for key in ("NAXIS1", "NAXIS2"):
+        header.remove(key, ignore_missing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header, naxis=2, relax=True)
 
 
 def fill_values(
@@ -394,8 +389,9 @@ def run_isr(
         exposure.mask[defects] |= exposure.bit("BAD")
         if config.interpolate_bad:
             fix = defects & ~assembled.saturated
-            exposure.image[:] = interpolate_pixels(exposure.image, fix)
-            exposure.variance[:] = interpolate_pixels(exposure.variance, fix)
+            ys, xs = np.nonzero(fix)
+            exposure.image[ys, xs] = fill_values(exposure.image, fix, ys, xs)
+            exposure.variance[ys, xs] = fill_values(exposure.variance, fix, ys, xs)
             exposure.mask[fix] |= exposure.bit("INTRP")
     if config.edge_width:
         edge = np.ones(shape, dtype=bool)
