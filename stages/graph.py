@@ -620,6 +620,7 @@ class _Builder:
         prereq_index: Mapping[str, tuple[list[str], list[str], dict[tuple, list[_Candidate]]]],
         missing: dict[str, list[DataId]],
     ) -> None:
+        """Add the quantum of a stage for one dataId (this runs once per quantum: keep it lean)."""
         cls = stage.stage_class
         data_id = _ordered(group.names, values)
         canonical = ",".join(f"{k}={values[k]}" for k in group.required)  # DataId.canonical()
@@ -627,15 +628,18 @@ class _Builder:
         inputs: dict[str, list[DatasetRef]] = {}
         upstream: set[str] = set()
         for name, (keys, index) in indexes.items():
-            found = index.get(tuple(values.get(k) for k in keys), [])
-            chosen = sorted({c.ref.id: c for c in found}.values(), key=lambda c: c.order)
-            if not cls.inputs[name].multiple and len(chosen) > 1:
-                raise PipelineError(
-                    f"stage {stage.label!r}: {len(chosen)} {cls.inputs[name].dataset_type} "
-                    f"datasets match quantum {values}; declare input {name!r} multiple=True"
-                )
-            inputs[name] = [c.ref for c in chosen]
-            upstream.update(c.producer for c in chosen if c.producer is not None)
+            found = index.get(tuple([values.get(k) for k in keys]), ())
+            if len(found) > 1:  # an index holds each candidate once under each key
+                if not cls.inputs[name].multiple:
+                    raise PipelineError(
+                        f"stage {stage.label!r}: {len(found)} {cls.inputs[name].dataset_type} "
+                        f"datasets match quantum {values}; declare input {name!r} multiple=True"
+                    )
+                found = sorted(found, key=_by_order)
+            inputs[name] = [c.ref for c in found]
+            for c in found:
+                if c.producer is not None:
+                    upstream.add(c.producer)
         for name, (direct, sky, index) in prereq_index.items():
             cands = index.get(tuple(values.get(n) for n in direct), [])
             covered = True
@@ -653,8 +657,9 @@ class _Builder:
             if not cands or not covered or (len(cands) > 1 and not conn.multiple):
                 missing.setdefault(name, []).append(data_id)
                 continue
-            inputs[name] = [c.ref for c in sorted(cands, key=lambda c: c.order)]
+            inputs[name] = [c.ref for c in sorted(cands, key=_by_order)]
         outputs = {}
+        order = tuple([values[k] for k in group.required])
         for name, conn in cls.outputs.items():
             dataset_type = conn.as_dataset_type()
             names = dataset_type.group.names
@@ -670,7 +675,7 @@ class _Builder:
             ref = DatasetRef(dataset_type, out_id, self.output_run, dataset_id)
             outputs[name] = ref
             self.available.setdefault(conn.dataset_type, []).append(
-                _candidate(ref, quantum_id, out_values)
+                _Candidate(ref, quantum_id, out_values, order)
             )
         self.quanta[quantum_id] = Quantum(
             quantum_id, stage.label, data_id, inputs, outputs, upstream, "run", group.required
@@ -707,6 +712,10 @@ class _Builder:
 
 
 _ABSENT = object()
+
+
+def _by_order(candidate: _Candidate) -> tuple:
+    return candidate.order
 
 
 def _sky_key(values: Mapping[str, Any], sky: Sequence[str]) -> Any:
