@@ -45,12 +45,32 @@ def _read(name: str) -> np.ndarray:
         return fits.getdata(NTT / name).astype(np.float64)
 
 
+def _sextractor_config(path: Path) -> dict[str, str]:
+    """Keyword -> value (first word) of a SExtractor configuration file."""
+    config = {}
+    for line in path.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2:
+            config[words[0]] = words[1]
+    return config
+
+
 @pytest.mark.skipif(not NTT.exists(), reason="sep-ntt fixture not present")
 def test_matches_sextractor_back_fits():
-    """default.sex there: BACK_SIZE 64, BACK_FILTERSIZE 3, no mask."""
+    """With the background settings of the default.sex that made back.fits and rms.fits."""
+    config = _sextractor_config(NTT / "default.sex")
+    assert config["CHECKIMAGE_NAME"] == "back.fits,rms.fits"
+    mesh = [int(v) for v in config["BACK_SIZE"].split(",")]
+    filter_size = [int(v) for v in config["BACK_FILTERSIZE"].split(",")]
+    threshold = float(config.get("BACK_FILTTHRESH", "0.0"))
     image = _read("image.fits")
     back, rms = _read("back.fits"), _read("rms.fits")
-    model = background_of_image(image, mesh=64, filter_size=3)
+    model = background_of_image(
+        image,
+        mesh=(mesh[-1], mesh[0]),  # SExtractor: <size> or <width>,<height>
+        filter_size=(filter_size[-1], filter_size[0]),
+        filter_threshold=threshold,
+    )
     scale = rms.mean()
     assert np.max(np.abs(model.image() - back)) < 0.1 * scale
     assert np.max(np.abs(model.image() - back)) < 1e-3 * scale  # in fact to float rounding
