@@ -132,18 +132,23 @@ def prepare_run(repo: Repository, graph: QuantumGraph) -> None:
 
 # -- per-process caches ---------------------------------------------------------------------------
 
-_REPOSITORIES: dict[tuple[str, str], Repository] = {}
+#: A worker reopens its repository after this many quanta: a Repository keeps the registry rows
+#: of its own commits in memory, which a worker never reads, so that stays small.
+REOPEN_EVERY = 200
+
+_REPOSITORIES: dict[tuple[str, str], tuple[Repository, list[int]]] = {}
 _STAGES: dict[tuple[str, str], Stage] = {}
 _SKYMAPS: dict[str, RingsSkyMap] = {}
 
 
 def worker_repository(url: str, storage_options: Mapping[str, Any] | None = None) -> Repository:
-    """The repository at ``url``, opened once per process."""
+    """The repository at ``url``, opened once per process (and again every REOPEN_EVERY uses)."""
     key = (url, json.dumps(dict(storage_options or {}), sort_keys=True, default=str))
-    repo = _REPOSITORIES.get(key)
-    if repo is None:
-        repo = _REPOSITORIES[key] = Repository(url, storage_options)
-    return repo
+    entry = _REPOSITORIES.get(key)
+    if entry is None or entry[1][0] >= REOPEN_EVERY:
+        entry = _REPOSITORIES[key] = (Repository(url, storage_options), [0])
+    entry[1][0] += 1
+    return entry[0]
 
 
 def _stage(spec: QuantumSpec) -> Stage:

@@ -401,3 +401,15 @@ def test_log_progress_reports_each_tenth_failures_and_completion():
             return True
 
     assert isinstance(make_progress(Terminal()), TqdmProgress)
+
+
+def test_worker_repository_is_cached_and_reopened_periodically(tmp_path):
+    from stages import runner
+
+    url = str(tmp_path / "repo")
+    Repository.create(url)
+    first = runner.worker_repository(url)
+    assert runner.worker_repository(url) is first
+    for _ in range(runner.REOPEN_EVERY - 2):
+        assert runner.worker_repository(url) is first
+    assert runner.worker_repository(url) is not first  # a fresh one: its memory stays small
