@@ -9,6 +9,7 @@ from astropy.io import fits
 from scipy import ndimage
 
 from repo.errors import DrpError
+from repo.formatters.fits import read_exposure, write_exposure
 from stages.calibration_products import (
     CalibrationProduct,
     clipped_mean,
@@ -307,6 +308,11 @@ def test_metadata_and_wcs(survey, calexp):
     )
     ra, dec = exposure.wcs.all_pix2world([[float(x), float(y)]], 0)[0]
     assert ra == pytest.approx(visit.ra, abs=1e-7) and dec == pytest.approx(visit.dec, abs=1e-7)
+    # The calexp's FITS form (the repository's formatter) keeps all of it.
+    back = read_exposure(write_exposure(exposure), "calexp")
+    assert back.metadata == meta
+    assert np.array_equal(back.image, exposure.image) and np.array_equal(back.mask, exposure.mask)
+    assert back.wcs.all_pix2world([[float(x), float(y)]], 0)[0] == pytest.approx([ra, dec])
 
 
 def test_isr_rejects_mismatched_calibrations(survey, masters, calexp):
