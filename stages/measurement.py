@@ -61,7 +61,9 @@ class MeasurementConfig:
     deblend_nthresh, deblend_cont : int, float
         sep's deblending sub-thresholds and minimum contrast (1.0 disables deblending).
     clean, clean_param : bool, float
-        SExtractor's cleaning of spurious detections near bright ones.
+        SExtractor's cleaning of spurious detections in the wings of bright ones; off by
+        default: with the variance plane in the threshold, wing noise is not detected, and
+        cleaning drops real faint stars 30 pixels from brighter ones.
     aperture_radii : tuple of float
         Radii (pixels) of the circular apertures; column ``apNNFlux`` for radius NN (rounded).
     aperture_subpix : int
@@ -74,7 +76,8 @@ class MeasurementConfig:
     moments_half_size : int
         Half size of the stamps used for adaptive moments.
     mask_planes : tuple of str
-        Planes whose pixels are ignored (detection and photometry).
+        Planes whose pixels are ignored (detection and photometry). ``BAD`` pixels that ISR did
+        not interpolate (no ``INTRP``) are ignored too; interpolated ones are used.
     aperture_centroid : str
         Centre of the circular apertures: ``'windowed'`` (``x``, ``y``; LSST practice) or
         ``'isophotal'`` (``xPeak``, ``yPeak``; SExtractor's FLUX_APER).
@@ -88,7 +91,7 @@ class MeasurementConfig:
     filter_type: str = "matched"
     deblend_nthresh: int = 32
     deblend_cont: float = 0.005
-    clean: bool = True
+    clean: bool = False
     clean_param: float = 1.0
     aperture_radii: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0, 17.0, 25.0)
     aperture_subpix: int = 0
@@ -96,7 +99,7 @@ class MeasurementConfig:
     kron_min_radius: float = 3.5
     kron_subpix: int = 1
     moments_half_size: int = 15
-    mask_planes: tuple[str, ...] = ("NO_DATA", "BAD")
+    mask_planes: tuple[str, ...] = ("NO_DATA",)
     max_sources: int = 100_000
     aperture_centroid: str = "windowed"
 
@@ -289,7 +292,8 @@ def aperture_fluxes(
     subpix: int = 5,
 ) -> dict[str, np.ndarray]:
     """Circular-aperture fluxes, errors and flags: columns ``apNNFlux``, ``apNNFluxErr``,
-    ``apNNFlag`` (aperture off the image or holding ignored pixels)."""
+    ``apNNFlag`` (aperture off the image or holding ignored pixels; sep scales the sum over the
+    pixels kept by the aperture's area over their area)."""
     image, variance = _native(image), _native(variance)
     mask = None if ignore is None else _native(ignore, np.uint8)
     out = {}
@@ -497,6 +501,17 @@ def pixel_flags(
 
 
 # ---------------------------------------------------------------------------------------- main
+def ignored_pixels(exposure: Exposure, planes: tuple[str, ...]) -> np.ndarray | None:
+    """Pixels to leave out of detection and photometry: those in ``planes``, and ``BAD`` pixels
+    not interpolated by ISR (``BAD`` without ``INTRP``); ``None`` when there are none."""
+    mask = exposure.mask
+    known = [p for p in planes if p in exposure.mask_planes]
+    ignore = (mask & exposure.bits(*known)) != 0 if known else np.zeros(mask.shape, bool)
+    if "BAD" in exposure.mask_planes and "INTRP" in exposure.mask_planes:
+        ignore |= ((mask & exposure.bit("BAD")) != 0) & ((mask & exposure.bit("INTRP")) == 0)
+    return ignore if ignore.any() else None
+
+
 def detect_and_measure(exposure: Exposure, config: MeasurementConfig | None = None) -> Table:
     """Detect and measure the sources of a background-subtracted exposure.
 
@@ -517,8 +532,7 @@ def detect_and_measure(exposure: Exposure, config: MeasurementConfig | None = No
     config = config or MeasurementConfig()
     image = _native(exposure.image)
     variance = _native(exposure.variance)
-    planes = [p for p in config.mask_planes if p in exposure.mask_planes]
-    ignore = (exposure.mask & exposure.bits(*planes)) != 0 if planes else None
+    ignore = ignored_pixels(exposure, config.mask_planes)
     objects, segmentation = detect_sources(image, variance, ignore, config)
     n = len(objects)
     columns: dict[str, np.ndarray] = {
