@@ -411,37 +411,41 @@ def adaptive_moments_of_stamps(
     cxx, cyy, cxy = s2.copy(), s2.copy(), np.zeros(n)
     converged = np.zeros(n, bool)
     limit = (min(sx, sy) / 4.0) ** 2
+    active = np.arange(n)
     for _ in range(max_iter):
-        det = cxx * cyy - cxy * cxy
+        if active.size == 0:
+            break
+        a = active
+        det = cxx[a] * cyy[a] - cxy[a] * cxy[a]
         ok = det > 0
         det = np.where(ok, det, 1.0)
-        ixx, iyy, ixy = cyy / det, cxx / det, -cxy / det
-        dx = xx - cx[:, None, None]
-        dy = yy - cy[:, None, None]
+        ixx, iyy, ixy = cyy[a] / det, cxx[a] / det, -cxy[a] / det
+        dx = xx - cx[a, None, None]
+        dy = yy - cy[a, None, None]
         quad = ixx[:, None, None] * dx * dx + 2 * ixy[:, None, None] * dx * dy
         quad += iyy[:, None, None] * dy * dy
-        w = data * np.exp(-0.5 * np.minimum(quad, 200.0))
+        w = data[a] * np.exp(-0.5 * np.minimum(quad, 200.0))
         total = w.sum(axis=(1, 2))
         good = ok & (total > 0)
         total = np.where(good, total, 1.0)
-        mx = (w * dx).sum(axis=(1, 2)) / total
-        my = (w * dy).sum(axis=(1, 2)) / total
-        nxx = 2.0 * ((w * dx * dx).sum(axis=(1, 2)) / total - mx * mx)
-        nyy = 2.0 * ((w * dy * dy).sum(axis=(1, 2)) / total - my * my)
-        nxy = 2.0 * ((w * dx * dy).sum(axis=(1, 2)) / total - mx * my)
-        change = np.abs(np.array([nxx - cxx, nyy - cyy, nxy - cxy])).max(axis=0)
+        wx, wy = w * dx, w * dy
+        mx = wx.sum(axis=(1, 2)) / total
+        my = wy.sum(axis=(1, 2)) / total
+        nxx = 2.0 * ((wx * dx).sum(axis=(1, 2)) / total - mx * mx)
+        nyy = 2.0 * ((wy * dy).sum(axis=(1, 2)) / total - my * my)
+        nxy = 2.0 * ((wx * dy).sum(axis=(1, 2)) / total - mx * my)
+        change = np.abs(np.array([nxx - cxx[a], nyy - cyy[a], nxy - cxy[a]])).max(axis=0)
         scale = np.maximum(np.abs(nxx) + np.abs(nyy), 1e-12)
-        upd = good & ~converged
-        cx = np.where(upd, cx + mx, cx)
-        cy = np.where(upd, cy + my, cy)
-        positive = (nxx > 0) & (nyy > 0) & (nxx * nyy - nxy * nxy > 0)
-        upd &= positive
-        cxx = np.where(upd, np.clip(nxx, 0.05, limit), cxx)
-        cyy = np.where(upd, np.clip(nyy, 0.05, limit), cyy)
-        cxy = np.where(upd, nxy, cxy)
-        converged |= upd & (change <= tol * scale) & (np.abs(mx) + np.abs(my) < 1e-4)
-        if converged.all():
-            break
+        cx[a] = np.where(good, cx[a] + mx, cx[a])
+        cy[a] = np.where(good, cy[a] + my, cy[a])
+        upd = good & (nxx > 0) & (nyy > 0) & (nxx * nyy - nxy * nxy > 0)
+        cxx[a] = np.where(upd, np.clip(nxx, 0.05, limit), cxx[a])
+        cyy[a] = np.where(upd, np.clip(nyy, 0.05, limit), cyy[a])
+        cxy[a] = np.where(upd, nxy, cxy[a])
+        done = upd & (change <= tol * scale) & (np.abs(mx) + np.abs(my) < 1e-4)
+        converged[a] = done
+        # Sources that converged, or whose weight degenerated, leave the iteration.
+        active = a[~done & good]
     failed = ~converged | (cxx >= limit) | (cyy >= limit) | (np.hypot(cx, cy) > 3.0)
     return {"ixx": cxx, "iyy": cyy, "ixy": cxy, "dx": cx, "dy": cy, "failed": failed}
 

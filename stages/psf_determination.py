@@ -321,7 +321,7 @@ def fit_atmosphere(
         new = _lstsq(terms, targets, keep)
         step = np.abs(new - coeffs).max()
         coeffs = new
-        if step < 1e-5 and iteration >= 2:
+        if step < 2e-4 and iteration >= 2:
             break
     atmosphere = MoffatField(beta, coeffs, width, height)
     spacing = grid_spacing_for(atmosphere, optical, grid_spacing)
@@ -416,13 +416,15 @@ def determine_psf(
     fits = {betas[0]: (first, keep)}
     for beta in betas[1:]:
         fits[beta] = fit_atmosphere(
-            fit_stars, beta, optical, *args, 3, start=first.atmosphere.coeffs
+            fit_stars, beta, optical, *args, 2, start=first.atmosphere.coeffs
         )
     chi2 = {beta: _chi2(psf, fit_stars, keep) for beta, (psf, keep) in fits.items()}
     beta = min(chi2, key=chi2.get)
-    psf, keep = fit_atmosphere(
-        fit_stars, beta, optical, *args, config.max_iter, start=fits[beta][0].atmosphere.coeffs
-    )
+    psf, keep = fits[beta]
+    if beta != betas[0]:  # only roughly fitted so far: finish the fit
+        psf, keep = fit_atmosphere(
+            fit_stars, beta, optical, *args, config.max_iter, start=psf.atmosphere.coeffs
+        )
     size_m, e1_m, e2_m = _validate(psf, stars)
     used = np.zeros(n, bool)
     used[np.flatnonzero(~reserved)[keep]] = True
