@@ -479,16 +479,22 @@ class _Builder:
             return direct, index
         overlaps, name = self.overlaps(), self.skymap().name
         overlaps.prepare((c.values["instrument"], c.values["visit"]) for c in candidates)
+        picks = [SKYMAP_DIMENSIONS.index(n) for n in spatial]
         for cand in candidates:
             values = cand.values
-            base = tuple(values.get(n) for n in direct)
-            seen = set()
-            for tract, patch in overlaps.patches(values):
-                sky = {"skymap": name, "tract": tract, "patch": patch}
-                key = base + tuple(sky[n] for n in spatial)
-                if key not in seen:
-                    seen.add(key)
-                    index.setdefault(key, []).append(cand)
+            base = tuple([values.get(n) for n in direct])
+            pairs = overlaps.patches(values)
+            if picks == [0, 1, 2]:  # the usual case: every (tract, patch), each once
+                keys = [base + (name, tract, patch) for tract, patch in pairs]
+            else:
+                keys = list(
+                    dict.fromkeys(
+                        base + tuple((name, tract, patch)[i] for i in picks)
+                        for tract, patch in pairs
+                    )
+                )
+            for key in keys:
+                index.setdefault(key, []).append(cand)
         return direct + spatial, index
 
     # -- stages ---------------------------------------------------------------------------
@@ -622,13 +628,13 @@ class _Builder:
     ) -> None:
         """Add the quantum of a stage for one dataId (this runs once per quantum: keep it lean)."""
         cls = stage.stage_class
-        data_id = _ordered(group.names, values)
-        canonical = ",".join(f"{k}={values[k]}" for k in group.required)  # DataId.canonical()
+        data_id = DataId.from_ordered(group.names, [values[k] for k in group.names])
+        canonical = ",".join([f"{k}={values[k]}" for k in group.required])  # DataId.canonical()
         quantum_id = _uuid5(QUANTUM_ID_NAMESPACE, f"{stage.label}/{self.output_run}/{canonical}")
         inputs: dict[str, list[DatasetRef]] = {}
         upstream: set[str] = set()
         for name, (keys, index) in indexes.items():
-            found = index.get(tuple([values.get(k) for k in keys]), ())
+            found = index.get(tuple([values[k] for k in keys]), ())
             if len(found) > 1:  # an index holds each candidate once under each key
                 if not cls.inputs[name].multiple:
                     raise PipelineError(
