@@ -836,7 +836,10 @@ class Repository:
 
     def compact(self) -> dict[str, tuple[int, int]]:
         """Merge the registry's small files; returns {table: (files merged, rows)}."""
-        result = {"datasets": self.registry.datasets.compact()}
+        result = {
+            "datasets": self.registry.datasets.compact(),
+            "quanta": self.registry.quanta.compact(),
+        }
         for element, table in self.registry.records.items():
             merged = table.compact()
             if merged[0]:
@@ -893,4 +896,19 @@ def transfer(
             dest.registry.commit_datasets(rows)
             rows = []
     dest.registry.commit_datasets(rows)
+    _transfer_quanta(source, dest, {row["quantum_id"] for row in rows if row["quantum_id"]})
     return copied
+
+
+def _transfer_quanta(source: Repository, dest: Repository, quantum_ids: set[str]) -> None:
+    """Copy the provenance records of the quanta that produced transferred datasets."""
+    if not quantum_ids:
+        return
+    frame = source.registry.current_quanta().filter(pl.col("quantum_id").is_in(list(quantum_ids)))
+    known = set(dest.registry.current_quanta()["quantum_id"].to_list())
+    frame = frame.filter(~pl.col("quantum_id").is_in(list(known)))
+    if frame.height:
+        table = frame.to_arrow()
+        name = dest.registry.quanta.append(table)
+        dest.registry.quanta.note_committed(name)
+        dest.registry.quanta.add_local(table)
