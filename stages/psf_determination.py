@@ -67,6 +67,9 @@ class PsfDeterminationConfig:
     ----------
     min_snr : float
         Smallest Kron-flux S/N of a PSF star.
+    snr_cap : float
+        Stars weigh ``min(S/N, snr_cap)**2`` in the fit and in the residual figures: their
+        moments' noise scales as 1 / (S/N), down to the model's own accuracy floor.
     isolation_radius : float
         No other detection within this many pixels of a PSF star.
     size_tolerance : float
@@ -93,6 +96,7 @@ class PsfDeterminationConfig:
     """
 
     min_snr: float = 50.0
+    snr_cap: float = 300.0
     isolation_radius: float = 12.0
     size_tolerance: float = 0.1
     max_stars: int = 200
@@ -119,8 +123,12 @@ class PsfDeterminationResult:
     ``stars`` has one row per selected star: ``x``, ``y``, ``reserved`` (validation star),
     ``used`` (kept in the final fit), measured and model sizes (``size``, ``modelSize``, pixels)
     and ellipticities (``e1``, ``e2``, ``modelE1``, ``modelE2``), and the residuals
-    ``sizeResid`` (fractional, model / measured - 1), ``e1Resid``, ``e2Resid`` (model - measured).
-    The ``*_rms`` figures are over the reserved stars.
+    ``sizeResid`` (fractional, model / measured - 1), ``e1Resid``, ``e2Resid`` (model - measured),
+    and ``snr`` (Kron S/N, capped at ``snr_cap``). The ``*_rms`` and ``*_mean`` figures are over
+    the reserved stars, weighted by ``snr**2`` (so that they measure the model rather than the
+    photon noise of the faintest stars), leaving out reserved ``outlier`` stars (size residual
+    beyond 5 sigma of the fit stars' scatter and 2%: blends, transients on their hosts), which
+    ``n_outliers`` counts.
     """
 
     psf: OpticalAtmospherePsf
@@ -150,6 +158,7 @@ class PsfDeterminationResult:
             "n_stars": len(self.stars),
             "n_used": self.n_used,
             "n_reserved": self.n_reserved,
+            "n_outliers": int(self.stars["outlier"].sum()),
             "psf_size_resid": self.size_resid_rms,
             "psf_size_resid_mean": self.size_resid_mean,
             "psf_e1_resid": self.e1_resid_rms,
@@ -223,10 +232,16 @@ class _Stars:
     e2: np.ndarray
     data: np.ndarray
     variance: np.ndarray
+    weight: np.ndarray
 
 
 def _measure_stars(
-    image: np.ndarray, variance: np.ndarray, x: np.ndarray, y: np.ndarray, half: int
+    image: np.ndarray,
+    variance: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    half: int,
+    weight: np.ndarray,
 ) -> tuple[_Stars, np.ndarray]:
     """Adaptive moments of stars; returns the measurements and which stars succeeded."""
     moments = adaptive_moments(image, x, y, 2.0, half)
@@ -235,7 +250,14 @@ def _measure_stars(
     size, e1, e2 = _shape(moments)
     ix, iy = np.rint(cx).astype(int), np.rint(cy).astype(int)
     stars = _Stars(
-        cx, cy, size, e1, e2, stamps(image, ix, iy, half), stamps(variance, ix, iy, half)
+        cx,
+        cy,
+        size,
+        e1,
+        e2,
+        stamps(image, ix, iy, half),
+        stamps(variance, ix, iy, half),
+        np.asarray(weight, dtype=float),
     )
     return stars, ok & np.isfinite(size)
 
@@ -297,7 +319,7 @@ def fit_atmosphere(
     if start is None:
         fwhm0 = FWHM_PER_SIGMA * np.sqrt(np.maximum(stars.size**2 - s2_opt, 0.3)) * 0.9
         targets = np.array([fwhm0, stars.e1, stars.e2])
-        start = _lstsq(terms, targets, keep)
+        start = _lstsq(terms, targets, keep, stars.weight)
     coeffs = start
     for iteration in range(max_iter):
         atmosphere = MoffatField(beta, coeffs, width, height)
@@ -316,9 +338,12 @@ def fit_atmosphere(
         )
         resid = size_m / stars.size - 1.0
         if iteration >= 2:
-            scatter = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
-            keep = np.abs(resid - np.median(resid[keep])) <= max(4.0 * scatter, 0.01)
-        new = _lstsq(terms, targets, keep)
+            # Clip at 4 sigma, sigma scaling as 1 / sqrt(weight) from the weighted MAD.
+            centre = np.median(resid[keep])
+            scaled = (resid - centre) * np.sqrt(stars.weight)
+            scatter = 1.4826 * np.median(np.abs(scaled[keep])) / np.sqrt(stars.weight)
+            keep = np.abs(resid - centre) <= np.maximum(4.0 * scatter, 0.01)
+        new = _lstsq(terms, targets, keep, stars.weight)
         step = np.abs(new - coeffs).max()
         coeffs = new
         if step < 2e-4 and iteration >= 2:
@@ -329,9 +354,20 @@ def fit_atmosphere(
     return final, keep
 
 
-def _lstsq(terms: np.ndarray, targets: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    a = terms[:, keep].T
-    return np.array([np.linalg.lstsq(a, t[keep], rcond=None)[0] for t in targets])
+def _lstsq(
+    terms: np.ndarray, targets: np.ndarray, keep: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    root = np.sqrt(weight[keep])
+    a = terms[:, keep].T * root[:, None]
+    return np.array([np.linalg.lstsq(a, t[keep] * root, rcond=None)[0] for t in targets])
+
+
+def _outliers(resid: np.ndarray, weight: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Stars whose size residual is off by more than 5 sigma and 2%: sigma scales as
+    ``1 / sqrt(weight)`` from the weighted MAD of the stars used in the fit."""
+    scaled = resid * np.sqrt(weight)
+    s0 = 1.4826 * np.median(np.abs(scaled[used] - np.median(scaled[used])))
+    return np.abs(resid) > np.maximum(5.0 * s0 / np.sqrt(weight), 0.02)
 
 
 def _chi2(psf: OpticalAtmospherePsf, stars: _Stars, keep: np.ndarray) -> float:
@@ -388,12 +424,14 @@ def determine_psf(
     config = config or PsfDeterminationConfig()
     selected = select_psf_stars(catalog, config)
     half = config.stamp_half_size
+    snr = np.asarray(catalog["kronFlux"])[selected] / np.asarray(catalog["kronFluxErr"])[selected]
     stars, measured = _measure_stars(
         exposure.image,
         exposure.variance,
         np.asarray(catalog["x"])[selected],
         np.asarray(catalog["y"])[selected],
         half,
+        np.minimum(snr, config.snr_cap) ** 2,
     )
     stars = _subset(stars, measured)
     n = stars.x.size
@@ -428,27 +466,33 @@ def determine_psf(
     size_m, e1_m, e2_m = _validate(psf, stars)
     used = np.zeros(n, bool)
     used[np.flatnonzero(~reserved)[keep]] = True
+    size_resid = size_m / stars.size - 1.0
+    outlier = reserved & _outliers(size_resid, stars.weight, used)
     table = Table(
         {
             "x": stars.x,
             "y": stars.y,
+            "snr": np.sqrt(stars.weight),
             "reserved": reserved,
             "used": used,
+            "outlier": outlier,
             "size": stars.size,
             "e1": stars.e1,
             "e2": stars.e2,
             "modelSize": size_m,
             "modelE1": e1_m,
             "modelE2": e2_m,
-            "sizeResid": size_m / stars.size - 1.0,
+            "sizeResid": size_resid,
             "e1Resid": e1_m - stars.e1,
             "e2Resid": e2_m - stars.e2,
         }
     )
-    check = reserved if reserved.any() else used
+    check = (reserved & ~outlier) if reserved.any() else used
+
+    weight = stars.weight[check]
 
     def rms(values: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(values[check] ** 2)))
+        return float(np.sqrt(np.sum(weight * values[check] ** 2) / np.sum(weight)))
 
     return PsfDeterminationResult(
         psf=psf,
@@ -458,7 +502,9 @@ def determine_psf(
         size_resid_rms=rms(np.asarray(table["sizeResid"])),
         e1_resid_rms=rms(np.asarray(table["e1Resid"])),
         e2_resid_rms=rms(np.asarray(table["e2Resid"])),
-        size_resid_mean=float(np.mean(np.asarray(table["sizeResid"])[check])),
+        size_resid_mean=float(
+            np.sum(weight * np.asarray(table["sizeResid"])[check]) / weight.sum()
+        ),
     )
 
 

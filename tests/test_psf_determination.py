@@ -126,6 +126,7 @@ def test_held_out_star_residuals_under_one_percent(fitted):
         print(f"visit {visit.id}: {summary}")
         assert result.beta == visit.conditions.moffat_beta
         assert result.n_reserved >= 5 and result.n_used >= 20
+        assert summary["n_outliers"] == 0  # clean isolated stars: no reserved star left out
         assert not (result.stars["reserved"] & result.stars["used"]).any()
         assert result.size_resid_rms < 0.01
         assert abs(result.size_resid_mean) < 0.005
