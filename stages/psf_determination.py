@@ -40,7 +40,6 @@ from .psf_model import (
     OpticalField,
     grid_spacing_for,
     n_polynomial_terms,
-    polynomial_terms,
 )
 
 #: Catalog flags that exclude a source from PSF determination.
@@ -527,6 +526,5 @@ __all__ = [
     "determine_psf",
     "fit_atmosphere",
     "optical_field",
-    "polynomial_terms",
     "select_psf_stars",
 ]

@@ -9,6 +9,8 @@ positions plus the survey's galaxies.
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -200,7 +202,7 @@ def test_reserved_stars_are_reproducible(fitted):
     assert again.psf == result.psf
 
 
-def test_fits_round_trip_is_exact(fitted):
+def test_fits_round_trip_is_exact(fitted, tmp_path):
     _, exposure, _, _, result = fitted[0]
     for psf in (result.psf, OpticalAtmospherePsf(result.psf.atmosphere, None, 31, 50.0)):
         hdus = fits.HDUList([fits.PrimaryHDU(), *psf.to_hdus()])
@@ -208,8 +210,14 @@ def test_fits_round_trip_is_exact(fitted):
         assert isinstance(again, OpticalAtmospherePsf) and again == psf
         assert np.array_equal(again.kernel_image(10.5, 200.25), psf.kernel_image(10.5, 200.25))
     calexp = dataclasses.replace(exposure, psf=result.psf)
-    back = read_exposure(write_exposure(calexp), "calexp")
+    data = write_exposure(calexp)
+    back = read_exposure(data, "calexp")
     assert back.psf == result.psf
+    if shutil.which("fitsverify"):
+        path = tmp_path / "calexp.fits"
+        path.write_bytes(data)
+        check = subprocess.run(["fitsverify", "-q", str(path)], capture_output=True, text=True)
+        assert "verification OK" in check.stdout, check.stdout
 
 
 def _bytes(hdul: fits.HDUList) -> bytes:
