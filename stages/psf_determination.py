@@ -16,6 +16,9 @@ The story of :func:`determine_psf`:
 5. **validate**: size and ellipticity residuals, model minus measured, on the reserved stars,
    with the model evaluated as later stages will (:meth:`OpticalAtmospherePsf.kernel_images`).
 
+:func:`characterize` chains it with :func:`stages.measurement.detect_and_measure`: a first pass
+finds the stars, the PSF is fitted, a second pass measures PSF fluxes.
+
 Sizes are determinant radii ``(ixx iyy - ixy^2)^(1/4)``; ellipticities are distortions
 ``e1 = (ixx - iyy) / (ixx + iyy)``, ``e2 = 2 ixy / (ixx + iyy)``.
 """
@@ -33,7 +36,14 @@ from scipy.spatial import cKDTree
 from repo.errors import DrpError
 from repo.exposure import Exposure
 
-from .measurement import adaptive_moments, adaptive_moments_of_stamps, shift_kernels, stamps
+from .measurement import (
+    MeasurementConfig,
+    adaptive_moments,
+    adaptive_moments_of_stamps,
+    detect_and_measure,
+    shift_kernels,
+    stamps,
+)
 from .psf_model import (
     MoffatField,
     OpticalAtmospherePsf,
@@ -507,6 +517,50 @@ def determine_psf(
     )
 
 
+@dataclass
+class Characterization:
+    """The outcome of :func:`characterize`: the source catalog and the PSF determination."""
+
+    catalog: Table
+    psf_result: PsfDeterminationResult
+
+
+def characterize(
+    exposure: Exposure,
+    optical: OpticalField | None,
+    measurement_config: MeasurementConfig | None = None,
+    psf_config: PsfDeterminationConfig | None = None,
+) -> Characterization:
+    """Single-frame characterization: detect and measure, determine the PSF, measure again.
+
+    The first pass (no PSF) finds the PSF stars; the fitted model is set as ``exposure.psf``;
+    the second pass adds PSF fluxes. ``exposure`` must be calibrated and background-subtracted.
+
+    Parameters
+    ----------
+    exposure : repo.exposure.Exposure
+        The image; its ``psf`` is replaced by the fitted model.
+    optical : OpticalField or None
+        The optical part of the PSF (:func:`optical_field`), or ``None``.
+    measurement_config, psf_config : optional
+        Settings of :func:`stages.measurement.detect_and_measure` and :func:`determine_psf`.
+
+    Returns
+    -------
+    Characterization
+
+    Raises
+    ------
+    repo.errors.DrpError
+        Too few PSF stars.
+    """
+    exposure.psf = None
+    first = detect_and_measure(exposure, measurement_config)
+    result = determine_psf(exposure, first, optical, psf_config)
+    exposure.psf = result.psf
+    return Characterization(detect_and_measure(exposure, measurement_config), result)
+
+
 def optical_field(
     camera: Any, detector: int, band: str, shape: tuple[int, int], n_nodes: int = 13
 ) -> OpticalField | None:
@@ -520,8 +574,10 @@ def optical_field(
 
 __all__ = [
     "EXCLUDING_FLAGS",
+    "Characterization",
     "PsfDeterminationConfig",
     "PsfDeterminationResult",
+    "characterize",
     "default_kernel_size",
     "determine_psf",
     "fit_atmosphere",

@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
+from repo.formatters.parquet import read_catalog, write_catalog
 from repo.psf import GaussianPsf
 from stages.isr import run_isr
 from stages.measurement import (
@@ -166,6 +167,9 @@ def test_columns_are_documented_and_empty_images_give_empty_catalogs():
         assert catalog[name].description, name
     assert "ap09Flux" in catalog.colnames and "ap25FluxErr" in catalog.colnames
     assert str(catalog["x"].unit) == "pix" and str(catalog["ixx"].unit) == "pix2"
+    back = read_catalog(write_catalog(catalog), "src")  # the src dataset's Parquet form
+    assert back.colnames == catalog.colnames
+    assert back["psfFlux"].description == catalog["psfFlux"].description
     for bad in ({"threshold": 0.0}, {"filter_type": "fft"}, {"aperture_radii": (9.0, 9.2)}):
         with pytest.raises(DrpError):
             MeasurementConfig(**bad)

@@ -26,6 +26,7 @@ from stages.isr import run_isr
 from stages.measurement import adaptive_moments_of_stamps, detect_and_measure
 from stages.psf_determination import (
     PsfDeterminationConfig,
+    characterize,
     determine_psf,
     optical_field,
     select_psf_stars,
@@ -252,3 +253,19 @@ def test_malformed_psf_hdus_are_corrupt_dataset_errors(fitted):
         MoffatField(1.0, np.zeros((3, 3)), 10, 10)
     with pytest.raises(ValueError, match="shape"):
         OpticalField(np.ones((3, 2, 2)), 10, 10)
+
+
+def test_characterize_measures_psf_fluxes_with_the_fitted_model(survey, fitted):
+    plan, _ = survey
+    visit, exposure, _, truth, result = fitted[0]
+    calexp = dataclasses.replace(exposure, psf=None)
+    done = characterize(calexp, optical_field(plan.camera, 0, visit.band, calexp.shape))
+    assert calexp.psf == done.psf_result.psf == result.psf
+    catalog = done.catalog
+    stars = catalog[~catalog["flag_psfFlux"] & (catalog["psfFlux"] / catalog["psfFluxErr"] > 100)]
+    dist, idx = cKDTree(np.c_[truth["x"], truth["y"]]).query(np.c_[stars["x"], stars["y"]])
+    matched = truth[idx][dist < 1.0]
+    ratio = np.asarray(stars["psfFlux"])[dist < 1.0] / np.asarray(matched["flux_electrons"])
+    ratio = ratio[matched["source_type"] == "star"]
+    assert ratio.size >= 20
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.005)
