@@ -129,6 +129,8 @@ SOURCE_COLUMNS: dict[str, tuple[str, str]] = {
     "id": ("", "source number in this catalog (1-based, as the segmentation map)"),
     "x": ("pix", "windowed centroid x (0-based; sep.winpos, SExtractor XWIN_IMAGE - 1)"),
     "y": ("pix", "windowed centroid y (0-based)"),
+    "xErr": ("pix", "1-sigma error of x: sqrt(2 ixx) / S/N (S/N of psfFlux, else kronFlux)"),
+    "yErr": ("pix", "1-sigma error of y: sqrt(2 iyy) / S/N"),
     "xPeak": ("pix", "isophotal barycentre x from detection (0-based)"),
     "yPeak": ("pix", "isophotal barycentre y from detection (0-based)"),
     "npix": ("pix", "number of pixels in the footprint (segmentation map)"),
@@ -469,6 +471,22 @@ def adaptive_moments(
     return result
 
 
+def centroid_errors(
+    fluxes: dict[str, np.ndarray], moments: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid errors ``sqrt(2 ixx) / S/N`` and ``sqrt(2 iyy) / S/N``.
+
+    Exact for the maximum-likelihood centroid of a Gaussian of covariance ``(ixx, iyy)`` whose
+    flux is measured with signal-to-noise S/N by its optimal (PSF) weight; the S/N is that of
+    ``psfFlux`` when it was measured, else of ``kronFlux``. NaN where the S/N is not positive.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = fluxes["psfFlux"] / fluxes["psfFluxErr"]
+        snr = np.where(np.isfinite(snr), snr, fluxes["kronFlux"] / fluxes["kronFluxErr"])
+        snr = np.where(snr > 0, snr, np.nan)
+        return np.sqrt(2.0 * moments["ixx"]) / snr, np.sqrt(2.0 * moments["iyy"]) / snr
+
+
 # --------------------------------------------------------------------------------------- flags
 def footprint_masks(mask: np.ndarray, segmentation: np.ndarray, n_sources: int) -> np.ndarray:
     """Bitwise OR of the mask over each source's footprint (``n_sources`` values)."""
@@ -612,6 +630,7 @@ def measure_sources(
     sigma0 = np.clip(np.sqrt(objects["a"] * objects["b"]), 1.0, config.moments_half_size / 3)
     moments = adaptive_moments(image, x, y, sigma0, config.moments_half_size)
     out["ixx"], out["iyy"], out["ixy"] = moments["ixx"], moments["iyy"], moments["ixy"]
+    out["xErr"], out["yErr"] = centroid_errors(out, moments)
     out["flag_moments"] = moments["failed"]
     out["flag_blended"] = (objects["flag"] & sep.OBJ_MERGED) != 0
     out.update(pixel_flags(exposure, segmentation, x, y))

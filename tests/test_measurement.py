@@ -282,7 +282,7 @@ def _unflagged(truth, catalog, isolation=12.0):
 
 
 def test_psf_flux_and_centroids_against_truth(measured_fields):
-    ratios, pulls, offsets = [], [], []
+    ratios, pulls, offsets, centroid_pulls = [], [], [], []
     for (truth, catalog), faint in measured_fields:
         stars, rows = _unflagged(truth, catalog)
         ratios.append(np.asarray(rows["psfFlux"]) / np.asarray(stars["flux_electrons"]))
@@ -291,12 +291,18 @@ def test_psf_flux_and_centroids_against_truth(measured_fields):
             stars, rows = _unflagged(faint_truth, faint_catalog)
             flux, err = np.asarray(rows["psfFlux"]), np.asarray(rows["psfFluxErr"])
             pulls.append((flux - np.asarray(stars["flux_electrons"])) / err)
-    ratio, pull, offset = (np.concatenate(a) for a in (ratios, pulls, offsets))
+            centroid_pulls.append((rows["x"] - stars["x"]) / rows["xErr"])
+            centroid_pulls.append((rows["y"] - stars["y"]) / rows["yErr"])
+    ratio, pull, offset, cpull = (
+        np.concatenate(a) for a in (ratios, pulls, offsets, centroid_pulls)
+    )
     print(
         f"psfFlux/true: median {np.median(ratio):.4f} over {ratio.size} bright stars; "
         f"faint-star pulls: rms {pull.std():.3f} mean {pull.mean():.3f} over {pull.size}; "
-        f"bright centroid rms {np.sqrt((offset**2).mean()):.4f} pix"
+        f"bright centroid rms {np.sqrt((offset**2).mean()):.4f} pix; "
+        f"faint centroid pulls rms {cpull.std():.3f}"
     )
+    assert cpull.std() == pytest.approx(1.0, abs=0.15)
     assert ratio.size >= 50 and pull.size >= 150
     assert np.median(ratio) == pytest.approx(1.0, abs=0.005)
     assert pull.std() == pytest.approx(1.0, abs=0.1)
