@@ -269,3 +269,21 @@ def test_characterize_measures_psf_fluxes_with_the_fitted_model(survey, fitted):
     ratio = ratio[matched["source_type"] == "star"]
     assert ratio.size >= 20
     assert np.median(ratio) == pytest.approx(1.0, abs=0.005)
+
+
+def test_many_stars_use_interpolated_model_moments(survey, fitted, monkeypatch):
+    """Beyond GRID_NODES^2 stars the fit draws the model on a grid, not at every star: same
+    answer as drawing it at each star (forced here with a 4 x 4 grid for ~27 stars)."""
+    import stages.psf_determination as psf_determination
+
+    plan, _ = survey
+    visit, exposure, catalog, _, result = fitted[0]
+    assert result.n_used > 16
+    monkeypatch.setattr(psf_determination, "GRID_NODES", 4)
+    optical = optical_field(plan.camera, 0, visit.band, exposure.shape)
+    gridded = determine_psf(exposure, catalog, optical)
+    assert gridded.beta == result.beta
+    a, b = gridded.psf.atmosphere.coeffs, result.psf.atmosphere.coeffs
+    assert a[0, 0] == pytest.approx(b[0, 0], rel=2e-4)
+    assert np.abs(a - b).max() < 5e-4
+    assert gridded.size_resid_rms < 0.01
