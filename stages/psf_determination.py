@@ -410,9 +410,17 @@ def _outliers(resid: np.ndarray, weight: np.ndarray, used: np.ndarray) -> np.nda
     return np.abs(resid) > np.maximum(5.0 * s0 / np.sqrt(weight), 0.02)
 
 
+#: The Moffat index is chosen on the pixels of at most this many stars (the highest S/N).
+CHI2_STARS = 30
+
+
 def _chi2(psf: OpticalAtmospherePsf, stars: _Stars, keep: np.ndarray) -> float:
-    """Reduced chi^2 of the stars' pixels against the model (linear flux per star)."""
+    """Reduced chi^2 of the pixels of the (at most ``CHI2_STARS``) highest-S/N kept stars
+    against the model (linear flux per star)."""
     half = stars.data.shape[-1] // 2
+    ranked = np.flatnonzero(keep)[np.argsort(-stars.weight[keep], kind="stable")]
+    keep = np.zeros(keep.size, bool)
+    keep[ranked[:CHI2_STARS]] = True
     kernels = _rendered(psf, _subset(stars, keep), half)
     data, var = stars.data[keep], stars.variance[keep]
     good = var > 0
