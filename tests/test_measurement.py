@@ -26,7 +26,7 @@ from stages.measurement import (
     adaptive_moments,
     detect_and_measure,
 )
-from stages.psf_determination import determine_psf, optical_field
+from stages.psf_determination import determine_psf, optical_field, select_psf_stars
 from stages.simulate import SurveyConfig, make_plan, make_sky, simulate_raw
 from stages.simulate.render import sky_image
 
@@ -381,3 +381,25 @@ def test_sextractor_objects_and_fluxes_on_the_ntt_image():
     assert np.asarray(rows["kronRadius"])[sel_auto] * 2.5 == pytest.approx(
         ref["kron_radius"][sel_auto], abs=0.011
     )
+
+
+def test_saturated_stars_are_flagged(survey):
+    plan, sky = survey
+    visit = plan.visits[0]
+    field = with_star_grid(plan, sky, visit, 0, (12.0, 19.0), spacing=48.0)
+    exposure, truth = calibrated(plan, field, visit, 0)
+    catalog = detect_and_measure(exposure)
+    saturated = truth[truth["saturated"]]
+    assert len(saturated) >= 3
+    dist, idx = cKDTree(np.c_[catalog["x"], catalog["y"]]).query(
+        np.c_[saturated["x"], saturated["y"]]
+    )
+    assert (dist < 3.0).all()
+    rows = catalog[idx]
+    assert rows["flag_saturated"].all() and rows["flag_saturatedCenter"].all()
+    assert not select_psf_stars(catalog)[idx].any()  # never PSF stars
+    unsaturated = truth[(truth["source_type"] == "star") & (truth["mag"] > 17.5)]
+    dist, idx = cKDTree(np.c_[catalog["x"], catalog["y"]]).query(
+        np.c_[unsaturated["x"], unsaturated["y"]]
+    )
+    assert not catalog[idx[dist < 1.0]]["flag_saturatedCenter"].any()
