@@ -1,0 +1,277 @@
+"""Scoring what a repository holds against the simulator's truth (``drp report``, ``drp demo``).
+
+:func:`score_repository` reads the single-frame outputs (``calexp``, ``src``, ``icPsfStars``,
+``flat``) and the truth (``truth``, ``truthMask``, ``truthVisitConditions``, ``camera``) from the
+given collections and returns one JSON-compatible dict. A figure whose datasets do not exist is
+``None``, never a guess. The top-level figures (issue 5):
+
+``astrom_rms_mas``
+    rms on the sky of ``coord_ra``/``coord_dec`` minus the true position (proper motion
+    applied), over bright (PSF S/N >= 50), unflagged, unsaturated, isolated stars matched to
+    truth within 1.5 pixels: ``sqrt(mean(dxi^2 + deta^2))``.
+``zp_err_mmag``
+    rms over calexps of the fitted zero point minus the true one. The true zero point is for
+    unit flat response; the pipeline's flats are normalized over the focal plane instead, which
+    moves every zero point of a band by ``2.5 log10(c)``, ``c`` the median of true flat / our
+    flat on the detector. That convention offset is taken out (``zp_convention_mag`` per
+    calexp in ``calexps``).
+``psf_flux_ratio_median``
+    median of ``psfFlux`` (nJy) / true flux of the same bright isolated stars.
+``psf_size_resid``
+    S/N^2-weighted rms of the fractional size residual (model / measured - 1) of the reserved
+    PSF stars (outliers excluded), over all ``icPsfStars``.
+``cr_recall``
+    fraction of the pixels that received cosmic-ray charge above 5 sigma of their noise (the
+    calexp's variance plane; charge divided by the flat as ISR does) that carry the CR plane;
+    pixels in SAT or BAD, where no value is usable, are left out.
+``cr_star_false_rate``
+    fraction of star-core pixels (the 3 x 3 pixels around each unsaturated true star whose
+    centre is at least 20 sigma above the sky, without cosmic-ray charge) marked CR.
+``sky_noise_ratio``
+    measured / expected noise of calexp sky pixels: the median over calexps of the 5-sigma
+    clipped standard deviation of ``image / sqrt(variance)`` over unmasked pixels at least 15
+    pixels from every true source; 1 when the variance plane (from gain, read noise and signal)
+    describes the noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+from astropy.table import Table
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from repo.errors import DrpError
+from repo.repository import Repository
+
+from . import psf_model  # noqa: F401  (registers the OPTATM PSF type for reading calexps)
+from .calib_stages import camera_from_dataset
+from .calibration_products import CalibrationProduct
+from .simulate.truth import masks_from_hdulist
+
+#: Top-level figures every report has (None when their datasets do not exist).
+REPORT_KEYS = (
+    "astrom_rms_mas",
+    "zp_err_mmag",
+    "psf_flux_ratio_median",
+    "psf_size_resid",
+    "cr_recall",
+    "cr_star_false_rate",
+    "sky_noise_ratio",
+)
+
+#: Smallest PSF-flux S/N of the stars scored for astrometry and photometry.
+BRIGHT_SNR = 50.0
+#: Matching radius to truth (pixels) and isolation radius (pixels, no other true source).
+MATCH_PIXELS, ISOLATION_PIXELS = 1.5, 8.0
+#: Sky pixels for the noise figure are at least this far (pixels) from every true source.
+SOURCE_CLEARANCE_PIXELS = 15.0
+#: Source flags that keep a star out of the scoring.
+EXCLUDED_FLAGS = ("flag_saturated", "flag_blended", "flag_edge", "flag_crCenter", "flag_psfFlux")
+
+
+def _refs(repo: Repository, dataset_type: str, collections: list[str]) -> list[Any]:
+    try:
+        return repo.query_datasets(dataset_type, collections=collections)
+    except DrpError:
+        return []
+
+
+def _find(repo: Repository, dataset_type: str, data_id: dict, collections: list[str]) -> Any:
+    try:
+        return repo.get(dataset_type, data_id, collections=collections)
+    except DrpError:
+        return None
+
+
+def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]:
+    """Score the single-frame outputs in ``collections`` against the truth there.
+
+    Parameters
+    ----------
+    repo
+        The repository.
+    collections
+        Collections searched in order (outputs and the simulator's truth, e.g.
+        ``["SimCam/runs/demo", "SimCam/defaults"]``).
+
+    Returns
+    -------
+    dict
+        :data:`REPORT_KEYS` (None where the needed datasets are missing), ``n_calexps``, and
+        per-calexp detail under ``calexps``.
+    """
+    report: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
+    report["collections"] = list(collections)
+    calexp_refs = _refs(repo, "calexp", collections)
+    report["n_calexps"] = len(calexp_refs)
+    report["psf_size_resid"] = _psf_size_resid(repo, collections)
+    conditions = _find(repo, "truthVisitConditions", {}, collections)
+    if not calexp_refs or conditions is None:
+        report["calexps"] = []
+        return report
+    zp_true = {
+        int(v): float(z) for v, z in zip(conditions["visit"], conditions["zero_point"], strict=True)
+    }
+    cameras: dict[str, Any] = {}
+    rows, stars, cr, cores, noise = [], [], [], [], []
+    for ref in calexp_refs:
+        data_id = {k: ref.data_id[k] for k in ("instrument", "visit", "detector")}
+        instrument = data_id["instrument"]
+        if instrument not in cameras:
+            camera = _find(repo, "camera", {"instrument": instrument}, collections)
+            cameras[instrument] = None if camera is None else camera_from_dataset(camera)
+        truth = _find(repo, "truth", data_id, collections)
+        if truth is None:
+            continue
+        calexp = repo.get(ref)
+        row: dict[str, Any] = {"visit": int(data_id["visit"]), "detector": int(data_id["detector"])}
+        row["band"] = str(ref.data_id.get("band", truth.meta.get("band", "")))
+        flat_id = {k: ref.data_id[k] for k in ("instrument", "physical_filter", "detector")}
+        flat = _find(repo, "flat", flat_id, collections)
+        flat_image = None if flat is None else CalibrationProduct.from_hdulist(flat).image
+        src = _find(repo, "src", data_id, collections)
+        if src is not None:
+            stars.append(_matched_stars(src, truth))
+        if calexp.photo_calib is not None and flat_image is not None and cameras[instrument]:
+            true_flat = cameras[instrument].flat(int(data_id["detector"]), row["band"])
+            convention = 2.5 * math.log10(float(np.median(true_flat / flat_image)))
+            row["zero_point"] = calexp.photo_calib.zero_point
+            row["zp_convention_mag"] = convention
+            row["zp_err_mag"] = row["zero_point"] - zp_true[row["visit"]] - convention
+        masks = _find(repo, "truthMask", data_id, collections)
+        if masks is not None and flat_image is not None:
+            masks = masks_from_hdulist(masks)
+            cr.append(_cr_pixels(calexp, masks, flat_image))
+            cores.append(_star_core_pixels(calexp, masks, truth))
+        row["sky_noise_ratio"] = _sky_noise_ratio(calexp, truth)
+        noise.append(row["sky_noise_ratio"])
+        rows.append(row)
+    report["calexps"] = rows
+    zp = [r["zp_err_mag"] for r in rows if "zp_err_mag" in r]
+    if zp:
+        report["zp_err_mmag"] = 1000.0 * math.sqrt(float(np.mean(np.square(zp))))
+    if stars:
+        matched = np.concatenate(stars)
+        report["n_bright_stars"] = int(len(matched))
+        if len(matched):
+            report["astrom_rms_mas"] = math.sqrt(float(np.mean(matched[:, 0] ** 2)))
+            report["psf_flux_ratio_median"] = float(np.median(matched[:, 1]))
+    if cr:
+        found, total = np.sum(cr, axis=0)
+        report["cr_recall"] = float(found / total) if total else None
+        report["cr_pixels_above_5sigma"] = int(total)
+    if cores:
+        flagged, total = np.sum(cores, axis=0)
+        report["cr_star_false_rate"] = float(flagged / total) if total else None
+        report["star_core_pixels"] = int(total)
+    if noise:
+        report["sky_noise_ratio"] = float(np.median(noise))
+    return report
+
+
+def _psf_size_resid(repo: Repository, collections: list[str]) -> float | None:
+    tables = [repo.get(ref) for ref in _refs(repo, "icPsfStars", collections)]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return None
+    resid = np.concatenate([np.asarray(t["sizeResid"], float) for t in tables])
+    weight = np.concatenate([np.asarray(t["snr"], float) ** 2 for t in tables])
+    check = np.concatenate([np.asarray(t["reserved"] & ~t["outlier"], bool) for t in tables])
+    if not check.any():
+        return None
+    return math.sqrt(float(np.sum(weight[check] * resid[check] ** 2) / np.sum(weight[check])))
+
+
+def _matched_stars(src: Table, truth: Table) -> np.ndarray:
+    """(n, 2) array: sky offset (mas) and psfFlux / true flux of bright isolated stars."""
+    tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+    tree = cKDTree(np.column_stack([tx, ty]))
+    neighbours = tree.query_ball_point(np.column_stack([tx, ty]), ISOLATION_PIXELS)
+    isolated = np.array([len(n) == 1 for n in neighbours])
+    star = (np.asarray(truth["source_type"]) == "star") & ~np.asarray(truth["saturated"], bool)
+    star &= isolated & np.isfinite(np.asarray(truth["flux_nJy"], float))
+    flux, err = np.asarray(src["psfFlux"], float), np.asarray(src["psfFluxErr"], float)
+    good = np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    good[good] &= flux[good] / err[good] >= BRIGHT_SNR
+    for name in EXCLUDED_FLAGS:
+        if name in src.colnames:
+            good &= ~np.asarray(src[name], bool)
+    if not good.any() or not star.any():
+        return np.zeros((0, 2))
+    sx, sy = np.asarray(src["x"], float)[good], np.asarray(src["y"], float)[good]
+    distance, index = tree.query(np.column_stack([sx, sy]), distance_upper_bound=MATCH_PIXELS)
+    hit = np.isfinite(distance)
+    hit[hit] &= star[index[hit]]
+    t = index[hit]
+    rows = np.flatnonzero(good)[hit]
+    dec_t = np.asarray(truth["dec"], float)[t]
+    dra = np.asarray(src["coord_ra"], float)[rows] - np.asarray(truth["ra"], float)[t] + 180.0
+    dra = (dra % 360.0 - 180.0) * np.cos(np.radians(dec_t)) * 3.6e6
+    ddec = (np.asarray(src["coord_dec"], float)[rows] - dec_t) * 3.6e6
+    ratio = flux[rows] / np.asarray(truth["flux_nJy"], float)[t]
+    return np.column_stack([np.hypot(dra, ddec), ratio])
+
+
+def _cr_pixels(calexp: Any, masks: dict[str, np.ndarray], flat: np.ndarray) -> tuple[int, int]:
+    """(masked, total) cosmic-ray pixels above 5 sigma of the calexp's noise."""
+    charge = np.asarray(masks["cosmic_ray_electrons"], float) / flat
+    sigma = np.sqrt(np.clip(calexp.variance, 0.0, None))
+    usable = (calexp.mask & calexp.bits("SAT", "BAD")) == 0
+    above = np.asarray(masks["cosmic_ray"], bool) & (charge > 5.0 * sigma) & usable
+    found = (calexp.mask & calexp.bit("CR")) != 0
+    return int((above & found).sum()), int(above.sum())
+
+
+def _star_core_pixels(calexp: Any, masks: dict[str, np.ndarray], truth: Table) -> tuple[int, int]:
+    """(marked CR, total) pixels of the 3 x 3 cores of bright unsaturated true stars."""
+    ny, nx = calexp.shape
+    star = (np.asarray(truth["source_type"]) == "star") & ~np.asarray(truth["saturated"], bool)
+    x = np.rint(np.asarray(truth["x"], float)[star]).astype(int)
+    y = np.rint(np.asarray(truth["y"], float)[star]).astype(int)
+    inside = (x >= 1) & (x < nx - 1) & (y >= 1) & (y < ny - 1)
+    x, y = x[inside], y[inside]
+    snr = calexp.image[y, x] / np.sqrt(np.clip(calexp.variance[y, x], 1e-12, None))
+    x, y = x[snr >= 20.0], y[snr >= 20.0]
+    dy, dx = np.mgrid[-1:2, -1:2]
+    py, px = (y[:, None] + dy.ravel()).ravel(), (x[:, None] + dx.ravel()).ravel()
+    clean = ~np.asarray(masks["cosmic_ray"], bool)[py, px]
+    marked = (calexp.mask[py, px] & calexp.bit("CR")) != 0
+    return int((marked & clean).sum()), int(clean.sum())
+
+
+def _sky_noise_ratio(calexp: Any, truth: Table) -> float:
+    """Clipped std of ``image / sqrt(variance)`` on unmasked pixels far from true sources."""
+    ny, nx = calexp.shape
+    x = np.rint(np.asarray(truth["x"], float)).astype(int)
+    y = np.rint(np.asarray(truth["y"], float)).astype(int)
+    inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+    centres = np.zeros(calexp.shape, bool)
+    centres[y[inside], x[inside]] = True
+    near = ndimage.distance_transform_edt(~centres) <= SOURCE_CLEARANCE_PIXELS
+    good = (calexp.mask == 0) & ~near
+    z = calexp.image[good] / np.sqrt(np.clip(calexp.variance[good], 1e-12, None))
+    return float(sigma_clipped_stats(z, sigma=5.0)[2])
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report's top-level figures as aligned text lines (``n/a`` where missing)."""
+    units = {
+        "astrom_rms_mas": "mas",
+        "zp_err_mmag": "mmag",
+        "psf_flux_ratio_median": "",
+        "psf_size_resid": "",
+        "cr_recall": "",
+        "cr_star_false_rate": "",
+        "sky_noise_ratio": "",
+    }
+    lines = [f"report on {', '.join(report['collections'])}: {report['n_calexps']} calexps"]
+    for key in REPORT_KEYS:
+        value = report.get(key)
+        text = "n/a (no datasets)" if value is None else f"{value:.4g} {units[key]}".rstrip()
+        lines.append(f"  {key:<24} {text}")
+    return "\n".join(lines)
