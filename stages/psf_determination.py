@@ -7,12 +7,13 @@ The story of :func:`determine_psf`:
    threshold, no other detection nearby, and on the stellar locus of the size distribution;
 2. **reserve** a random fraction of them (20% by default) as a validation set;
 3. **measure** each star's adaptive second moments on the image;
-4. **fit** the atmosphere (:func:`fit_atmosphere`): with the optical part fixed (from the
-   instrument model, :class:`stages.psf_model.OpticalField`), find the polynomial FWHM and
-   ellipticity of a Moffat atmosphere whose convolution with the optics reproduces the stars'
-   moments (Gauss-Newton steps on the moments with a Gaussian-approximation Jacobian, outliers
-   clipped), for each Moffat index ``beta`` of a grid, and keep the ``beta`` whose model fits the
-   stars' pixels best (chi^2); the grid holds half-integers, whose profiles GalSim draws fast;
+4. **fit** the atmosphere: with the optical part fixed (from the instrument model,
+   :class:`stages.psf_model.OpticalField`), find the polynomial FWHM and ellipticity of a
+   Moffat atmosphere whose convolution with the optics reproduces the stars' moments
+   (Gauss-Newton steps on the moments with a Gaussian-approximation Jacobian, stars weighted by
+   their S/N squared, outliers clipped), for each Moffat index ``beta`` of a grid, and keep the
+   ``beta`` whose model fits the stars' pixels best (chi^2); the grid holds half-integers, whose
+   profiles GalSim draws fast;
 5. **validate**: size and ellipticity residuals, model minus measured, on the reserved stars,
    with the model evaluated as later stages will (:meth:`OpticalAtmospherePsf.kernel_images`).
 
@@ -330,7 +331,7 @@ def default_kernel_size(fwhm: float) -> int:
     return int(min(75, max(25, 2 * math.ceil(4.5 * fwhm) + 1)))
 
 
-def fit_atmosphere(
+def _fit_atmosphere(
     stars: _Stars,
     beta: float,
     optical: OpticalField | None,
@@ -498,17 +499,17 @@ def determine_psf(
     shape = exposure.image.shape
     args = (shape, degree, kernel_size, config.grid_spacing)
     betas = sorted(config.betas, key=lambda b: abs(b - 3.5))
-    first, keep = fit_atmosphere(fit_stars, betas[0], optical, *args, config.max_iter)
+    first, keep = _fit_atmosphere(fit_stars, betas[0], optical, *args, config.max_iter)
     fits = {betas[0]: (first, keep)}
     for beta in betas[1:]:
-        fits[beta] = fit_atmosphere(
+        fits[beta] = _fit_atmosphere(
             fit_stars, beta, optical, *args, 2, start=first.atmosphere.coeffs
         )
     chi2 = {beta: _chi2(psf, fit_stars, keep) for beta, (psf, keep) in fits.items()}
     beta = min(chi2, key=chi2.get)
     psf, keep = fits[beta]
     if beta != betas[0]:  # only roughly fitted so far: finish the fit
-        psf, keep = fit_atmosphere(
+        psf, keep = _fit_atmosphere(
             fit_stars, beta, optical, *args, config.max_iter, start=psf.atmosphere.coeffs
         )
     size_m, e1_m, e2_m = _validate(psf, stars)
@@ -619,7 +620,6 @@ __all__ = [
     "characterize",
     "default_kernel_size",
     "determine_psf",
-    "fit_atmosphere",
     "optical_field",
     "select_psf_stars",
 ]
