@@ -554,11 +554,18 @@ def demo(
     jobs: int,
     storage_options: Sequence[str],
 ) -> None:
-    """Simulate a small survey into REPO and process it; run again to resume.
+    """Simulate a small survey into REPO, process it and print the report; run again to resume.
+
+    The default pipeline's singleFrame subset runs from SimCam/defaults into SimCam/runs/demo
+    (see drp pipeline show drp#singleFrame); the report scores it against the simulator's
+    truth (drp report REPO --json for the figures as JSON).
 
     Example: drp demo ./drp-demo --preset tiny
     """
-    from stages.demo import simulate_survey
+    import time
+
+    from stages.demo import DEFAULTS, DEMO_PIPELINE, DEMO_RUN, process_survey, simulate_survey
+    from stages.report import format_report, score_repository
     from stages.simulate import SurveyConfig
 
     options = {
@@ -580,11 +587,18 @@ def demo(
         f"{summary.megapixels:.1f} Mpix in {summary.seconds:.1f} s "
         f"({summary.mpix_per_second:.2f} Mpix/s)"
     )
+    start = time.perf_counter()
+    run = process_survey(r, jobs=jobs)
+    click.echo(f"pipeline {DEMO_PIPELINE} into {DEMO_RUN}: {run.describe()}")
+    click.echo(f"processing took {time.perf_counter() - start:.1f} s")
     counts = r.sql(
         "SELECT dataset_type, run, count(*) AS n FROM datasets "
         "GROUP BY ALL ORDER BY run, dataset_type"
     )
     click.echo(format_rows(counts.to_pylist(), "table", ["run", "dataset_type", "n"]))
+    click.echo(format_report(score_repository(r, [DEMO_RUN, DEFAULTS])))
+    if not run.ok:
+        sys.exit(1)
 
 
 def main() -> None:

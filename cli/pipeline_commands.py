@@ -396,6 +396,34 @@ def skymap_find(
     click.echo(format_rows([{"tract": t, "patch": p} for t, p in pairs], fmt))
 
 
+@cli.command()
+@click.argument("repo")
+@collections_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@storage_option
+def report(
+    repo: str, collections: Sequence[str], as_json: bool, storage_options: Sequence[str]
+) -> None:
+    """Score the single-frame outputs in REPO against the simulator's truth.
+
+    Figures are null (n/a) where the datasets they need do not exist. The default collections
+    are those of drp demo: SimCam/runs/demo, SimCam/defaults.
+
+    \b
+    Examples:
+      drp report ./drp-demo
+      drp report ./drp-demo --collections u/me/sfp,SimCam/defaults --json
+    """
+    import json
+
+    from stages.demo import DEFAULTS, DEMO_RUN
+    from stages.report import format_report, score_repository
+
+    r = open_repo(repo, storage_options)
+    scores = score_repository(r, _split(collections) or [DEMO_RUN, DEFAULTS])
+    click.echo(json.dumps(scores, indent=1) if as_json else format_report(scores))
+
+
 def _only_instrument(repo: Any) -> str:
     names = [row["name"] for row in repo.query_dimension_records("instrument")]
     if len(names) != 1:
@@ -415,7 +443,7 @@ def _register_on_script_copy() -> None:
     spec = getattr(script, "__spec__", None)
     group = getattr(script, "cli", None)
     if spec is not None and spec.name == "cli.main" and isinstance(group, click.Group):
-        for name in ("run", "pipeline", "provenance", "skymap"):
+        for name in ("run", "pipeline", "provenance", "skymap", "report"):
             if group is not cli and name not in group.commands:
                 group.add_command(cli.commands[name])
 

@@ -17,6 +17,10 @@ Each (exposure, detector) is simulated, written and committed as one unit; a uni
 exists already is skipped, so running the demo again resumes where it stopped. The survey's
 configuration is stored in the repository, and a different one is refused for the same repository.
 Units run in parallel on a pool of processes.
+
+:func:`process_survey` then runs the default pipeline (``drp#singleFrame``) from
+``SimCam/defaults`` into the run ``SimCam/runs/demo`` on a pool of processes; finished quanta
+are skipped, so it resumes too.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ RAW_RUN = "SimCam/raw"
 TRUTH_RUN = "SimCam/truth"
 REFCAT_RUN = "SimCam/refcats"
 DEFAULTS = "SimCam/defaults"
+DEMO_RUN = "SimCam/runs/demo"
+#: The pipeline (and subset) the demo runs.
+DEMO_PIPELINE = "drp#singleFrame"
 
 #: Dataset types the simulation writes: name -> (dimensions, storage class).
 DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -255,4 +262,38 @@ def simulate_survey(repo: Repository, config: SurveyConfig, *, jobs: int = 0) ->
                 )
     return SimulationSummary(
         len(units), simulated, skipped, megapixels, time.perf_counter() - start
+    )
+
+
+def process_survey(
+    repo: Repository, *, jobs: int = 0, progress: Any = None, output_run: str = DEMO_RUN
+) -> Any:
+    """Run the default pipeline's ``singleFrame`` subset on the simulated survey.
+
+    Parameters
+    ----------
+    repo
+        A repository holding a simulated survey (:func:`simulate_survey`).
+    jobs
+        Worker processes (0: one per core; 1: serially in this process).
+    progress
+        A :class:`stages.progress.Progress` (default: bars on a terminal, log lines otherwise).
+    output_run
+        The run written.
+
+    Returns
+    -------
+    stages.executors.RunSummary
+        What ran, was skipped or failed.
+    """
+    from .executors import run_graph
+    from .graph import build_graph
+    from .pipeline import Pipeline
+    from .progress import make_progress
+
+    graph = build_graph(
+        repo, Pipeline.load(DEMO_PIPELINE), output_run=output_run, inputs=[DEFAULTS]
+    )
+    return run_graph(
+        repo, graph, jobs=jobs or os.cpu_count() or 1, progress=progress or make_progress()
     )
