@@ -33,6 +33,9 @@ from repo.psf import Psf
 #: SExtractor's default 3x3 detection filter ("all-ground", FWHM 2 pixels).
 DEFAULT_FILTER = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
 
+#: Sources measured together in the stamp-based measurements (bounds their memory).
+CHUNK = 512
+
 #: Flag column -> mask planes whose presence in the footprint sets it.
 FOOTPRINT_FLAG_PLANES: dict[str, tuple[str, ...]] = {
     "saturated": ("SAT",),
@@ -310,11 +313,13 @@ def aperture_fluxes(
 
 def stamps(image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
     """``(n, 2 half + 1, 2 half + 1)`` cut-outs centred on integer pixels, zero off the image."""
-    padded = np.pad(np.asarray(image, dtype=np.float64), half)
-    offsets = np.arange(2 * half + 1)
-    rows = (np.asarray(iy, int)[:, None] + offsets)[:, :, None]
-    cols = (np.asarray(ix, int)[:, None] + offsets)[:, None, :]
-    return padded[rows, cols]
+    ny, nx = image.shape
+    offsets = np.arange(-half, half + 1)
+    rows = np.asarray(iy, int)[:, None] + offsets
+    cols = np.asarray(ix, int)[:, None] + offsets
+    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+    cut = image[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
+    return np.where(inside, cut, 0).astype(np.float64)
 
 
 def shift_kernels(kernels: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -356,10 +361,24 @@ def psf_fluxes(
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    n = x.size
-    if n == 0:
+    if x.size == 0:
         empty = np.zeros(0)
         return {"psfFlux": empty, "psfFluxErr": empty, "psfChi2": empty, "flag_psfFlux": empty > 0}
+    parts = [
+        _psf_fluxes_chunk(image, variance, x[k : k + CHUNK], y[k : k + CHUNK], psf, ignore)
+        for k in range(0, x.size, CHUNK)
+    ]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _psf_fluxes_chunk(
+    image: np.ndarray,
+    variance: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    psf: Psf,
+    ignore: np.ndarray | None,
+) -> dict[str, np.ndarray]:
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
     kernels = shift_kernels(psf_kernels(psf, x, y), x - ix, y - iy)
     half = kernels.shape[-1] // 2
@@ -464,8 +483,22 @@ def adaptive_moments(
     adaptive centroid ``x``, ``y`` and ``failed``."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
+    sigma0 = np.broadcast_to(np.asarray(sigma0, dtype=float), x.shape)
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    result = adaptive_moments_of_stamps(stamps(image, ix, iy, half_size), x - ix, y - iy, sigma0)
+    parts = [
+        adaptive_moments_of_stamps(
+            stamps(image, ix[k : k + CHUNK], iy[k : k + CHUNK], half_size),
+            (x - ix)[k : k + CHUNK],
+            (y - iy)[k : k + CHUNK],
+            sigma0[k : k + CHUNK],
+        )
+        for k in range(0, x.size, CHUNK)
+    ]
+    names = ("ixx", "iyy", "ixy", "dx", "dy", "failed")
+    result = {
+        name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in names
+    }
+    result["failed"] = result["failed"].astype(bool)
     result["x"] = ix + result.pop("dx")
     result["y"] = iy + result.pop("dy")
     return result

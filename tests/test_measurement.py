@@ -403,3 +403,20 @@ def test_saturated_stars_are_flagged(survey):
         np.c_[unsaturated["x"], unsaturated["y"]]
     )
     assert not catalog[idx[dist < 1.0]]["flag_saturatedCenter"].any()
+
+
+def test_measurements_in_chunks_equal_one_pass(monkeypatch):
+    import stages.measurement as measurement
+
+    rng = np.random.default_rng(3)
+    stars = grid_stars(6, 30.0, 5e3, rng)
+    image = gaussian_image((200, 200), stars, np.eye(2) * 3.0) + rng.normal(size=(200, 200))
+    exposure = Exposure(
+        image, np.zeros(image.shape, np.int32), np.ones(image.shape), psf=GaussianPsf(1.7)
+    )
+    whole = detect_and_measure(exposure)
+    monkeypatch.setattr(measurement, "CHUNK", 7)
+    chunked = detect_and_measure(exposure)
+    assert len(whole) == len(stars)
+    for name in ("psfFlux", "psfFluxErr", "ixx", "ixy", "xErr", "flag_moments"):
+        assert np.array_equal(whole[name], chunked[name]), name
