@@ -4,8 +4,9 @@
 
 * the **optical** (telescope/camera) part, known from the instrument model (our stand-in for
   wavefront sensing and metrology): an elliptical Gaussian whose FWHM and ellipticity are sampled
-  from :meth:`repo.instruments.simcam.SimCam.optical_psf_params` on a grid of nodes over the
-  detector and interpolated with bicubic splines (:class:`OpticalField`); absent (``None``) when
+  from :meth:`repo.instruments.simcam.SimCam.optical_psf_params` (the parameters of its
+  ``optical_psf``) on a grid of nodes covering the detector and half its size beyond each edge,
+  interpolated with bicubic splines (:class:`OpticalField`); absent (``None``) when
   the instrument has no optical model (real DECam data), and the atmosphere alone is then the PSF;
 * the **atmospheric** part, fitted per visit (:mod:`stages.psf_determination`): a Moffat profile
   of index ``beta`` whose FWHM and ellipticity (distortions ``e1``, ``e2``) are polynomials in the
