@@ -7,8 +7,9 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
 
 ``astrom_rms_mas``
     rms on the sky of ``coord_ra``/``coord_dec`` minus the true position (proper motion
-    applied), over bright (PSF S/N >= 50), unflagged, unsaturated, isolated stars matched to
-    truth within 1.5 pixels: ``sqrt(mean(dxi^2 + deta^2))``.
+    applied), over bright (PSF S/N >= 100), unflagged, unsaturated, isolated stars (no other
+    true source within 8 pixels) matched to truth within 1.5 pixels:
+    ``sqrt(mean(dxi^2 + deta^2))``; it includes the stars' own centroid noise.
 ``zp_err_mmag``
     rms over calexps of the fitted zero point minus the true one. The true zero point is for
     unit flat response; the pipeline's flats are normalized over the focal plane instead, which
@@ -16,7 +17,7 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
     flat on the detector. That convention offset is taken out (``zp_convention_mag`` per
     calexp in ``calexps``).
 ``psf_flux_ratio_median``
-    median of ``psfFlux`` (nJy) / true flux of the same bright isolated stars.
+    median of ``psfFlux`` (nJy) / true flux of such stars with PSF S/N >= 50.
 ``psf_size_resid``
     S/N^2-weighted rms of the fractional size residual (model / measured - 1) of the reserved
     PSF stars (outliers excluded), over all ``icPsfStars``.
@@ -64,8 +65,9 @@ REPORT_KEYS = (
     "sky_noise_ratio",
 )
 
-#: Smallest PSF-flux S/N of the stars scored for astrometry and photometry.
-BRIGHT_SNR = 50.0
+#: Smallest PSF-flux S/N of the stars scored for photometry, and for astrometry (where the
+#: centroid noise of an S/N 50 star, ~7 mas for a 0.9 arcsec FWHM, would dominate the figure).
+BRIGHT_SNR, ASTROM_SNR = 50.0, 100.0
 #: Matching radius to truth (pixels) and isolation radius (pixels, no other true source).
 MATCH_PIXELS, ISOLATION_PIXELS = 1.5, 8.0
 #: Sky pixels for the noise figure are at least this far (pixels) from every true source.
@@ -159,8 +161,11 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
         matched = np.concatenate(stars)
         report["n_bright_stars"] = int(len(matched))
         if len(matched):
-            report["astrom_rms_mas"] = math.sqrt(float(np.mean(matched[:, 0] ** 2)))
             report["psf_flux_ratio_median"] = float(np.median(matched[:, 1]))
+        astrometric = matched[matched[:, 2] >= ASTROM_SNR, 0]
+        report["n_astrometry_stars"] = int(len(astrometric))
+        if len(astrometric):
+            report["astrom_rms_mas"] = math.sqrt(float(np.mean(astrometric**2)))
     if cr:
         found, total = np.sum(cr, axis=0)
         report["cr_recall"] = float(found / total) if total else None
@@ -188,7 +193,7 @@ def _psf_size_resid(repo: Repository, collections: list[str]) -> float | None:
 
 
 def _matched_stars(src: Table, truth: Table) -> np.ndarray:
-    """(n, 2) array: sky offset (mas) and psfFlux / true flux of bright isolated stars."""
+    """(n, 3) array: sky offset (mas), psfFlux / true flux and S/N of bright isolated stars."""
     tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
     tree = cKDTree(np.column_stack([tx, ty]))
     neighbours = tree.query_ball_point(np.column_stack([tx, ty]), ISOLATION_PIXELS)
@@ -202,7 +207,7 @@ def _matched_stars(src: Table, truth: Table) -> np.ndarray:
         if name in src.colnames:
             good &= ~np.asarray(src[name], bool)
     if not good.any() or not star.any():
-        return np.zeros((0, 2))
+        return np.zeros((0, 3))
     sx, sy = np.asarray(src["x"], float)[good], np.asarray(src["y"], float)[good]
     distance, index = tree.query(np.column_stack([sx, sy]), distance_upper_bound=MATCH_PIXELS)
     hit = np.isfinite(distance)
@@ -214,7 +219,8 @@ def _matched_stars(src: Table, truth: Table) -> np.ndarray:
     dra = (dra % 360.0 - 180.0) * np.cos(np.radians(dec_t)) * 3.6e6
     ddec = (np.asarray(src["coord_dec"], float)[rows] - dec_t) * 3.6e6
     ratio = flux[rows] / np.asarray(truth["flux_nJy"], float)[t]
-    return np.column_stack([np.hypot(dra, ddec), ratio])
+    snr = flux[rows] / err[rows]
+    return np.column_stack([np.hypot(dra, ddec), ratio, snr])
 
 
 def _cr_pixels(calexp: Any, masks: dict[str, np.ndarray], flat: np.ndarray) -> tuple[int, int]:
