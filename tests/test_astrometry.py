@@ -14,6 +14,7 @@ import pytest
 from astropy.table import Table
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
+from simulated import noisy_sources, star_truth
 
 from repo.errors import DrpError
 from repo.instruments.simcam import inverse_gnomonic
@@ -42,24 +43,11 @@ def survey():
 
 def noisy_catalog(plan, sky, visit, detector: int, rng: np.random.Generator):
     """(sources, truth) of the stars on a detector, with centroid and flux noise."""
-    truth = visit_sources(plan, sky, visit, detector)
-    truth = truth[np.asarray(truth["on_detector"]) & (truth["source_type"] == "star")]
-    electrons = np.asarray(truth["flux_electrons"], float)
-    fwhm_px = visit.conditions.seeing / plan.camera.config.pixel_scale_arcsec
-    noise = np.sqrt(electrons + math.pi * fwhm_px**2 * visit.conditions.sky_level)
+    truth, electrons, noise, fwhm_px = star_truth(plan, sky, visit, detector)
     snr = electrons / noise
     sigma = fwhm_px / 2.355 / snr
     keep = (snr > 5) & (electrons < SATURATION_ELECTRONS)
-    sources = Table(
-        {
-            "x": np.asarray(truth["x"]) + rng.normal(0.0, sigma),
-            "y": np.asarray(truth["y"]) + rng.normal(0.0, sigma),
-            "xErr": sigma,
-            "yErr": sigma,
-            "psfFlux": electrons + rng.normal(0.0, noise),
-            "psfFluxErr": noise,
-        }
-    )
+    sources = noisy_sources(truth, electrons, noise, sigma, rng)
     truth["snr"] = snr
     return sources[keep], truth[keep]
 

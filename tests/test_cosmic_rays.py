@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
+from simulated import master_calibrations
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-from stages.calibration_products import combine_bias, combine_dark, combine_defects, combine_flat
+from stages.calibration_products import combine_defects
 from stages.cosmic_rays import (
     CosmicRayConfig,
     estimate_psf_sigma,
@@ -22,7 +23,6 @@ from stages.simulate import (
     SurveyConfig,
     make_plan,
     make_sky,
-    simulate_calibration_frames,
     simulate_raw,
 )
 from stages.simulate.render import sky_image
@@ -40,13 +40,7 @@ def processed():
     sky = make_sky(config, plan)
     camera = plan.camera
 
-    def frames(kind, band=None):
-        n = {"bias": config.n_bias, "dark": config.n_dark, "flat": config.n_flat}[kind]
-        return [simulate_calibration_frames(plan, kind, 0, band, i) for i in range(n)]
-
-    bias = combine_bias(frames("bias"), camera)
-    dark = combine_dark(frames("dark"), bias, camera)
-    flats = {b: combine_flat(frames("flat", b), bias, dark, camera) for b in config.bands}
+    bias, dark, flats = master_calibrations(plan, 0)
     out = []
     for visit in plan.visits:
         raw, truth, masks = simulate_raw(plan, sky, visit.id, 0)

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import sep
 from astropy.io import fits
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy.spatial import cKDTree
+from simulated import isr_with_true_calibrations
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
 from repo.formatters.parquet import read_catalog, write_catalog
 from repo.psf import GaussianPsf
-from stages.isr import run_isr
 from stages.measurement import (
     SOURCE_COLUMNS,
     MeasurementConfig,
@@ -27,8 +26,7 @@ from stages.measurement import (
     detect_and_measure,
 )
 from stages.psf_determination import determine_psf, optical_field, select_psf_stars
-from stages.simulate import SurveyConfig, make_plan, make_sky, simulate_raw
-from stages.simulate.render import sky_image
+from stages.simulate import SurveyConfig, make_plan, make_sky
 
 NTT = Path("/work/shared/data/sep-ntt")
 SEED = 5
@@ -184,35 +182,8 @@ def survey():
 
 
 def calibrated(plan, sky, visit, detector):
-    """ISR with the camera's true calibrations, minus the true sky: (Exposure, truth).
-
-    What ISR leaves on an empty sky (a fraction of an electron) is measured on a simulation of
-    the same raw without sources and subtracted too, so that the image holds the sources alone.
-    """
-    camera = plan.camera
-    raw, truth, masks = simulate_raw(plan, sky, visit.id, detector, cosmic_rays=False)
-    empty = dataclasses.replace(
-        sky,
-        stars=sky.stars[:0],
-        galaxies=sky.galaxies[:0],
-        transients=sky.transients[:0],
-        asteroids=sky.asteroids[:0],
-    )
-    blank, _, _ = simulate_raw(plan, empty, visit.id, detector, cosmic_rays=False)
-    det = camera.detector(detector)
-    gain = np.empty((det.ny, det.nx))
-    for amp in det.amplifiers:
-        gain[amp.detector_slice] = amp.gain
-    calibrations = (
-        camera.bias_structure(detector) * gain,
-        camera.dark_current(detector),
-        camera.flat(detector, visit.band),
-        camera.defects(detector),
-    )
-    exposure = run_isr(raw, camera, *calibrations)
-    sky_level = sky_image(camera, visit, detector)
-    _, offset, _ = sigma_clipped_stats(run_isr(blank, camera, *calibrations).image - sky_level)
-    exposure.image = (exposure.image - sky_level - offset).astype(np.float64)
+    """ISR with the camera's true calibrations, minus the true sky: (Exposure, truth)."""
+    exposure, truth, _ = isr_with_true_calibrations(plan, sky, visit, detector)
     return exposure, truth
 
 

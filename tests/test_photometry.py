@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 from astropy.table import Table
+from simulated import noisy_sources, star_truth
 
 from repo.errors import DrpError
 from repo.exposure import PhotoCalib
@@ -27,7 +28,6 @@ from stages.photometry import (
 )
 from stages.refcat import mjd_to_epoch
 from stages.simulate import SurveyConfig, make_plan, make_sky
-from stages.simulate.truth import visit_sources
 
 SATURATION_ELECTRONS = 1.5e6
 
@@ -41,24 +41,12 @@ def survey():
 
 def matched_catalog(plan, sky, visit, detector: int, rng: np.random.Generator):
     """Sources with noisy instrumental fluxes and their refcat rows (matched by truth id)."""
-    truth = visit_sources(plan, sky, visit, detector)
-    truth = truth[np.asarray(truth["on_detector"]) & (truth["source_type"] == "star")]
-    electrons = np.asarray(truth["flux_electrons"], float)
-    fwhm_px = visit.conditions.seeing / plan.camera.config.pixel_scale_arcsec
-    noise = np.sqrt(electrons + math.pi * fwhm_px**2 * visit.conditions.sky_level)
+    truth, electrons, noise, fwhm_px = star_truth(plan, sky, visit, detector)
     keep = electrons < SATURATION_ELECTRONS
     sigma = fwhm_px / 2.355 * noise / electrons
-    sources = Table(
-        {
-            "x": np.asarray(truth["x"]) + rng.normal(0.0, sigma),
-            "y": np.asarray(truth["y"]) + rng.normal(0.0, sigma),
-            "xErr": sigma,
-            "yErr": sigma,
-            "psfFlux": electrons + rng.normal(0.0, noise),
-            "psfFluxErr": noise,
-            "truth_nJy": np.asarray(truth["flux_nJy"]),
-        }
-    )[keep]
+    sources = noisy_sources(truth, electrons, noise, sigma, rng)
+    sources["truth_nJy"] = np.asarray(truth["flux_nJy"])
+    sources = sources[keep]
     ids = np.asarray(truth["id"])[keep]
     row = {int(i): k for k, i in enumerate(sky.refcat["id"])}
     pairs = [(k, row[int(i)]) for k, i in enumerate(ids) if int(i) in row]

@@ -15,14 +15,13 @@ import subprocess
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy.spatial import cKDTree
+from simulated import isr_with_true_calibrations
 
 from repo.errors import CorruptDatasetError, DrpError
 from repo.formatters.fits import read_exposure, write_exposure
 from repo.psf import Psf, adaptive_sigma
-from stages.isr import run_isr
 from stages.measurement import adaptive_moments_of_stamps, detect_and_measure
 from stages.psf_determination import (
     PsfDeterminationConfig,
@@ -32,8 +31,7 @@ from stages.psf_determination import (
     select_psf_stars,
 )
 from stages.psf_model import MoffatField, OpticalAtmospherePsf, OpticalField
-from stages.simulate import SurveyConfig, make_plan, make_sky, psf_image, simulate_raw
-from stages.simulate.render import sky_image
+from stages.simulate import SurveyConfig, make_plan, make_sky, psf_image
 
 SEED = 5
 
@@ -45,37 +43,7 @@ def survey():
     return plan, make_sky(config, plan)
 
 
-def calibrated(plan, sky, visit, detector, cosmic_rays=False):
-    """ISR with the camera's true calibrations, minus the true sky: (Exposure, truth).
-
-    What ISR leaves on an empty sky (a fraction of an electron) is measured on a simulation of
-    the same raw without sources and subtracted too, so that the image holds the sources alone.
-    """
-    camera = plan.camera
-    raw, truth, masks = simulate_raw(plan, sky, visit.id, detector, cosmic_rays=cosmic_rays)
-    empty = dataclasses.replace(
-        sky,
-        stars=sky.stars[:0],
-        galaxies=sky.galaxies[:0],
-        transients=sky.transients[:0],
-        asteroids=sky.asteroids[:0],
-    )
-    blank, _, _ = simulate_raw(plan, empty, visit.id, detector, cosmic_rays=False)
-    det = camera.detector(detector)
-    gain = np.empty((det.ny, det.nx))
-    for amp in det.amplifiers:
-        gain[amp.detector_slice] = amp.gain
-    calibrations = (
-        camera.bias_structure(detector) * gain,
-        camera.dark_current(detector),
-        camera.flat(detector, visit.band),
-        camera.defects(detector),
-    )
-    exposure = run_isr(raw, camera, *calibrations)
-    sky_level = sky_image(camera, visit, detector)
-    _, offset, _ = sigma_clipped_stats(run_isr(blank, camera, *calibrations).image - sky_level)
-    exposure.image = (exposure.image - sky_level - offset).astype(np.float64)
-    return exposure, truth, masks
+calibrated = isr_with_true_calibrations
 
 
 def star_field(plan, sky, visit, detector, n=40, mags=(16.5, 18.5), min_sep=22.0, seed=0):
