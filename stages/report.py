@@ -70,6 +70,7 @@ REPORT_KEYS = (
 BRIGHT_SNR, ASTROM_SNR = 50.0, 100.0
 #: Matching radius to truth (pixels) and isolation radius (pixels, no other true source).
 MATCH_PIXELS, ISOLATION_PIXELS = 1.5, 8.0
+FLAT_DIMS = ("instrument", "physical_filter", "detector")
 #: Sky pixels for the noise figure are at least this far (pixels) from every true source.
 SOURCE_CLEARANCE_PIXELS = 15.0
 #: Source flags that keep a star out of the scoring.
@@ -120,6 +121,7 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
         int(v): float(z) for v, z in zip(conditions["visit"], conditions["zero_point"], strict=True)
     }
     cameras: dict[str, Any] = {}
+    flats: dict[tuple, np.ndarray | None] = {}
     rows, stars, cr, cores, noise = [], [], [], [], []
     for ref in calexp_refs:
         data_id = {k: ref.data_id[k] for k in ("instrument", "visit", "detector")}
@@ -133,9 +135,11 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
         calexp = repo.get(ref)
         row: dict[str, Any] = {"visit": int(data_id["visit"]), "detector": int(data_id["detector"])}
         row["band"] = str(ref.data_id.get("band", truth.meta.get("band", "")))
-        flat_id = {k: ref.data_id[k] for k in ("instrument", "physical_filter", "detector")}
-        flat = _find(repo, "flat", flat_id, collections)
-        flat_image = None if flat is None else CalibrationProduct.from_hdulist(flat).image
+        flat_key = tuple(ref.data_id[k] for k in ("instrument", "physical_filter", "detector"))
+        if flat_key not in flats:
+            flat = _find(repo, "flat", dict(zip(FLAT_DIMS, flat_key, strict=True)), collections)
+            flats[flat_key] = None if flat is None else CalibrationProduct.from_hdulist(flat).image
+        flat_image = flats[flat_key]
         src = _find(repo, "src", data_id, collections)
         if src is not None:
             stars.append(_matched_stars(src, truth))

@@ -305,6 +305,8 @@ class CalibrateStage(Stage):
         catalog = detect_and_measure(exposure, cfg.measurement)
         chosen = calibration_sources(catalog, cfg.min_calibration_snr)
         candidates = catalog[chosen]
+        if "MJD-OBS" not in exposure.metadata:
+            raise DrpError(f"calibrate {dict(data_id)}: the exposure has no MJD-OBS (epoch)")
         epoch = mjd_to_epoch(float(exposure.metadata["MJD-OBS"]))
         astrometry = calibrate_astrometry(
             candidates, refcat, exposure.wcs, exposure.shape, epoch, cfg.astrometry
