@@ -11,7 +11,8 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
     true source within 8 pixels) matched to truth within 1.5 pixels:
     ``sqrt(mean(dxi^2 + deta^2))``; it includes the stars' own centroid noise.
 ``zp_err_mmag``
-    rms over calexps of the fitted zero point minus the true one. The true zero point is for
+    rms over calexps (visit, detector) of the fitted zero point minus the true one
+    (``zp_err_visit_mmag``: the rms over visits of each visit's mean over its detectors). The true zero point is for
     unit flat response; the pipeline's flats are normalized over the focal plane instead, which
     moves every zero point of a band by ``2.5 log10(c)``, ``c`` the median of true flat / our
     flat on the detector. That convention offset is taken out (``zp_convention_mag`` per
@@ -161,6 +162,12 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
     zp = [r["zp_err_mag"] for r in rows if "zp_err_mag" in r]
     if zp:
         report["zp_err_mmag"] = 1000.0 * math.sqrt(float(np.mean(np.square(zp))))
+        by_visit: dict[int, list[float]] = {}
+        for r in rows:
+            if "zp_err_mag" in r:
+                by_visit.setdefault(r["visit"], []).append(r["zp_err_mag"])
+        means = [float(np.mean(v)) for v in by_visit.values()]
+        report["zp_err_visit_mmag"] = 1000.0 * math.sqrt(float(np.mean(np.square(means))))
     if stars:
         matched = np.concatenate(stars)
         report["n_bright_stars"] = int(len(matched))

@@ -154,6 +154,7 @@ def test_report_within_the_issue_tolerances(processed):
     assert report["cr_star_false_rate"] < 0.001
     assert report["astrom_rms_mas"] <= 10.0
     assert report["zp_err_mmag"] <= 5.0
+    assert report["zp_err_visit_mmag"] <= 5.0
     assert abs(report["psf_flux_ratio_median"] - 1.0) < 0.005
     assert report["psf_size_resid"] < 0.02
     assert report["n_astrometry_stars"] >= 20
