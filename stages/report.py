@@ -47,7 +47,7 @@ from astropy.table import Table
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from repo.errors import DrpError
+from repo.errors import DatasetNotFoundError, DatasetTypeError
 from repo.repository import Repository
 
 from . import psf_model  # noqa: F401  (registers the OPTATM PSF type for reading calexps)
@@ -79,16 +79,18 @@ EXCLUDED_FLAGS = ("flag_saturated", "flag_blended", "flag_edge", "flag_crCenter"
 
 
 def _refs(repo: Repository, dataset_type: str, collections: list[str]) -> list[Any]:
+    """The datasets of a type in the collections; none if the type is not registered."""
     try:
         return repo.query_datasets(dataset_type, collections=collections)
-    except DrpError:
+    except DatasetTypeError:
         return []
 
 
 def _find(repo: Repository, dataset_type: str, data_id: dict, collections: list[str]) -> Any:
+    """A dataset, or None if its type is not registered or it is not in the collections."""
     try:
         return repo.get(dataset_type, data_id, collections=collections)
-    except DrpError:
+    except (DatasetTypeError, DatasetNotFoundError):
         return None
 
 
@@ -108,7 +110,13 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
     dict
         :data:`REPORT_KEYS` (None where the needed datasets are missing), ``n_calexps``, and
         per-calexp detail under ``calexps``.
+
+    Raises
+    ------
+    repo.errors.CollectionError
+        A collection does not exist.
     """
+    repo.registry.flatten(collections)  # an unknown collection is an error, not "no data"
     report: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
     report["collections"] = list(collections)
     calexp_refs = _refs(repo, "calexp", collections)

@@ -111,6 +111,8 @@ def test_matched_stars_offsets_and_flux_ratios():
 
 def test_missing_datasets_give_nulls_never_numbers(tmp_path):
     repo = Repository.create(str(tmp_path / "empty"))
+    for run in ("SimCam/runs/demo", "SimCam/defaults"):
+        repo.registry.register_run(run)
     report = score_repository(repo, ["SimCam/runs/demo", "SimCam/defaults"])
     assert all(report[key] is None for key in REPORT_KEYS)
     assert report["n_calexps"] == 0
@@ -121,3 +123,5 @@ def test_missing_datasets_give_nulls_never_numbers(tmp_path):
     assert set(REPORT_KEYS) <= set(data) and all(data[k] is None for k in REPORT_KEYS)
     missing = CliRunner().invoke(cli, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0
+    unknown = CliRunner().invoke(cli, ["report", str(tmp_path / "empty"), "--collections", "x/y"])
+    assert unknown.exit_code == 1 and "unknown collection 'x/y'" in unknown.output

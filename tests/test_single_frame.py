@@ -168,3 +168,22 @@ def test_rerun_skips_everything(processed):
     counts = graph.counts()
     assert sum(c["run"] for c in counts.values()) == 0
     assert sum(c["quanta"] for c in counts.values()) == 38
+
+
+def test_drp_report_prints_the_same_figures(processed):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    repo, _ = processed
+    expected = score_repository(repo, COLLECTIONS)
+    result = CliRunner().invoke(cli, ["report", repo.storage.url, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for key in ("astrom_rms_mas", "zp_err_mmag", "cr_recall", "sky_noise_ratio"):
+        assert data[key] == pytest.approx(expected[key], rel=1e-12)
+    text = CliRunner().invoke(cli, ["report", repo.storage.url])
+    assert text.exit_code == 0
+    assert f"astrom_rms_mas           {expected['astrom_rms_mas']:.4g} mas" in text.output
