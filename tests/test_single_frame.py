@@ -12,7 +12,7 @@ import pytest
 from repo.errors import DrpError
 from repo.repository import Repository
 from stages.calib_stages import apply_flat_scale, camera_from_dataset
-from stages.calibration_products import CalibrationProduct, normalize_flats
+from stages.calibration_products import CalibrationProduct, combine_defects, normalize_flats
 from stages.demo import DEFAULTS, DEMO_RUN, process_survey, simulate_survey
 from stages.graph import build_graph
 from stages.pipeline import Pipeline
@@ -187,3 +187,31 @@ def test_drp_report_prints_the_same_figures(processed):
     text = CliRunner().invoke(cli, ["report", repo.storage.url])
     assert text.exit_code == 0
     assert f"astrom_rms_mas           {expected['astrom_rms_mas']:.4g} mas" in text.output
+
+
+def test_master_calibrations_against_the_camera_truth(processed):
+    repo, _ = processed
+    camera = CONFIG.camera()
+    for detector in range(CONFIG.n_detectors):
+        data_id = {"instrument": "SimCam", "detector": detector}
+        bias, dark = (
+            CalibrationProduct.from_hdulist(repo.get(name, data_id, collections=DEMO_RUN))
+            for name in ("bias", "dark")
+        )
+        flat = CalibrationProduct.from_hdulist(
+            repo.get("flat", data_id, physical_filter="SimCam-g", collections=DEMO_RUN)
+        )
+        det = camera.detector(detector)
+        gain = np.empty((det.ny, det.nx))
+        for amp in det.amplifiers:
+            gain[amp.detector_slice] = amp.gain
+        # the bias structure is recovered to its own (frame-averaged) read noise
+        residual = bias.image - camera.bias_structure(detector) * gain
+        expected = math.sqrt(float(np.median(bias.variance)))
+        assert np.std(residual) == pytest.approx(expected, rel=0.1)
+        assert abs(float(np.mean(dark.image - camera.dark_current(detector)))) < 0.005
+        # hot pixels (dark) and dead pixels (flat) give the camera's defects
+        truth = camera.defects(detector)
+        found = combine_defects(dark, flat)
+        assert (found & truth).sum() >= 0.99 * truth.sum()
+        assert (found & ~truth).sum() <= 0.02 * truth.sum()
