@@ -215,3 +215,28 @@ def test_master_calibrations_against_the_camera_truth(processed):
         found = combine_defects(dark, flat)
         assert (found & truth).sum() >= 0.99 * truth.sum()
         assert (found & ~truth).sum() <= 0.02 * truth.sum()
+
+
+def test_characterize_falls_back_to_a_gaussian_without_psf_stars(processed):
+    from repo.psf import GaussianPsf
+    from stages.psf_determination import PsfDeterminationConfig
+    from stages.single_frame import CharacterizeConfig, CharacterizeStage
+
+    repo, _ = processed
+    ref = repo.query_datasets("postISRCCD", collections=DEMO_RUN)[0]
+    camera = repo.get("camera", instrument="SimCam", collections=COLLECTIONS)
+    fitted = repo.get("icExp", ref.data_id.subset(("instrument", "visit", "detector")),
+                      collections=DEMO_RUN)  # fmt: skip
+    no_stars = PsfDeterminationConfig(min_snr=1e9)
+    strict = CharacterizeStage(CharacterizeConfig(psf=no_stars, gaussian_fallback=False))
+    with pytest.raises(DrpError, match="usable PSF stars"):
+        strict.run(repo.get(ref), camera, ref.data_id)
+    out = CharacterizeStage(CharacterizeConfig(psf=no_stars)).run(
+        repo.get(ref), camera, ref.data_id
+    )
+    exposure = out["ic_exp"]
+    assert isinstance(exposure.psf, GaussianPsf) and exposure.metadata["PSFFALLB"] is True
+    assert len(out["psf_stars"]) == 0 and "usable PSF stars" in out["psf_stars"].meta["fallback"]
+    # the fallback's width is the stars' measured core: within 15% of the fitted model's FWHM
+    centre = (exposure.shape[1] / 2.0, exposure.shape[0] / 2.0)
+    assert exposure.psf.fwhm(*centre) == pytest.approx(fitted.psf.fwhm(*centre), rel=0.15)
