@@ -201,37 +201,44 @@ class CharacterizeStage(Stage):
         catalog = detect_and_measure(exposure, cfg.measurement)
         optical = optical_field(cam, detector, band, exposure.shape)
         exposure.metadata.update({"NCRPIX": int(cr_mask.sum()), "CRSIGMA": float(cr_sigma)})
-        try:
-            result = determine_psf(exposure, catalog, optical, cfg.psf)
-        except DrpError as exc:
-            if not cfg.gaussian_fallback:
-                raise
-            exposure.psf = GaussianPsf(cr_sigma / CORE_FACTOR)
-            exposure.metadata.update({"PSFFALLB": True, "PSFFWHM": exposure.psf.fwhm(0, 0)})
-            stars = Table({name: np.zeros(0) for name in ("x", "y", "snr", "sizeResid")})
-            stars["reserved"] = stars["used"] = stars["outlier"] = np.zeros(0, bool)
-            stars.meta["fallback"] = str(exc)
-        else:
-            exposure.psf = result.psf
-            summary = result.summary()
-            exposure.metadata.update(
-                {
-                    "PSFFALLB": False,
-                    "PSFBETA": float(summary["beta"]),
-                    "PSFNSTAR": int(summary["n_used"]),
-                    "PSFNRES": int(summary["n_reserved"]),
-                    "PSFSZRES": float(summary["psf_size_resid"]),
-                    "PSFFWHM": float(summary["fwhm_pixels"]),
-                }
-            )
-            stars = result.stars
-            stars.meta.update({k: v for k, v in summary.items() if np.isscalar(v)})
+        stars = self._attach_psf(exposure, catalog, optical, cr_sigma)
         return {
             "ic_exp": exposure,
             "background": background_to_table(model),
             "ic_src": catalog,
             "psf_stars": stars,
         }
+
+    def _attach_psf(
+        self, exposure: Exposure, catalog: Table, optical: Any, cr_sigma: float
+    ) -> Table:
+        """Fit the PSF (or fall back to a Gaussian), attach it, return the PSF-star table."""
+        try:
+            result = determine_psf(exposure, catalog, optical, self.config.psf)
+        except DrpError as exc:
+            if not self.config.gaussian_fallback:
+                raise
+            exposure.psf = GaussianPsf(cr_sigma / CORE_FACTOR)
+            exposure.metadata.update({"PSFFALLB": True, "PSFFWHM": exposure.psf.fwhm(0, 0)})
+            stars = Table({name: np.zeros(0) for name in ("x", "y", "snr", "sizeResid")})
+            stars["reserved"] = stars["used"] = stars["outlier"] = np.zeros(0, bool)
+            stars.meta["fallback"] = str(exc)
+            return stars
+        exposure.psf = result.psf
+        summary = result.summary()
+        exposure.metadata.update(
+            {
+                "PSFFALLB": False,
+                "PSFBETA": float(summary["beta"]),
+                "PSFNSTAR": int(summary["n_used"]),
+                "PSFNRES": int(summary["n_reserved"]),
+                "PSFSZRES": float(summary["psf_size_resid"]),
+                "PSFFWHM": float(summary["fwhm_pixels"]),
+            }
+        )
+        stars = result.stars
+        stars.meta.update({k: v for k, v in summary.items() if np.isscalar(v)})
+        return stars
 
 
 @dataclass(frozen=True)
