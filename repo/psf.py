@@ -94,6 +94,8 @@ class Psf(ABC):
             raise CorruptDatasetError("PSF: no PSF HDU")
         type_name = hdus[0].header.get("PSFTYPE")
         if type_name not in _PSF_TYPES:
+            _import_provider(hdus[0].header.get("PSFMOD"))
+        if type_name not in _PSF_TYPES:
             known = ", ".join(sorted(_PSF_TYPES))
             raise CorruptDatasetError(f"PSF: unknown PSFTYPE {type_name!r} (known: {known})")
         try:
@@ -102,6 +104,28 @@ class Psf(ABC):
             raise
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise CorruptDatasetError(f"PSF: malformed {type_name} HDUs ({exc})") from exc
+
+
+#: Packages whose modules may define PSF types named by a file's ``PSFMOD`` card.
+PSF_PROVIDER_PACKAGES = ("repo.", "stages.")
+
+
+def _import_provider(module: Any) -> None:
+    """Import the module a PSF HDU names as defining its type (only drp's own packages).
+
+    PSF models fitted by pipeline stages live outside :mod:`repo` (which must not import
+    :mod:`stages`); their HDUs name their module, so that reading a calexp works in any process.
+    """
+    if not isinstance(module, str) or not module.startswith(PSF_PROVIDER_PACKAGES):
+        return
+    if not all(part.isidentifier() for part in module.split(".")):
+        return
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return
 
 
 def registered_psf_types() -> dict[str, type[Psf]]:

@@ -438,14 +438,15 @@ def adaptive_moments_of_stamps(
             break
         a = active
         det = cxx[a] * cyy[a] - cxy[a] * cxy[a]
-        ok = det > 0
+        ok = (det > 0) & (cxx[a] > 0)  # positive definite
         det = np.where(ok, det, 1.0)
         ixx, iyy, ixy = cyy[a] / det, cxx[a] / det, -cxy[a] / det
         dx = xx - cx[a, None, None]
         dy = yy - cy[a, None, None]
         quad = ixx[:, None, None] * dx * dx + 2 * ixy[:, None, None] * dx * dy
         quad += iyy[:, None, None] * dy * dy
-        w = data[a] * np.exp(-0.5 * np.minimum(quad, 200.0))
+        # clipped both ways: a covariance that is not positive definite gives quad < 0
+        w = data[a] * np.exp(-0.5 * np.clip(quad, -200.0, 200.0))
         total = w.sum(axis=(1, 2))
         good = ok & (total > 0)
         total = np.where(good, total, 1.0)

@@ -367,6 +367,7 @@ class OpticalAtmospherePsf(Psf):
         hdu = fits.ImageHDU(np.array(atm.coeffs), name="PSF")
         header = hdu.header
         header["PSFTYPE"] = (self.type_name, "optical x Moffat atmosphere (stages.psf_model)")
+        header["PSFMOD"] = (type(self).__module__, "Python module defining this PSF type")
         header.append(exact_float_card("PSFBETA", atm.beta, "Moffat index of the atmosphere"))
         header["PSFDEG"] = (atm.degree, "degree of the atmospheric polynomials")
         header["PSFWIDTH"] = (atm.width, "[pixel] detector width")

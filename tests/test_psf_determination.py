@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -187,6 +188,34 @@ def test_fits_round_trip_is_exact(fitted, tmp_path):
         path.write_bytes(data)
         check = subprocess.run(["fitsverify", "-q", str(path)], capture_output=True, text=True)
         assert "verification OK" in check.stdout, check.stdout
+
+
+def test_calexp_with_fitted_psf_reads_in_a_process_that_never_imported_stages(fitted, tmp_path):
+    """repo/ cannot import stages/: the PSF HDU names its module (PSFMOD), imported on read."""
+    _, exposure, _, _, result = fitted[0]
+    path = tmp_path / "calexp.fits"
+    path.write_bytes(write_exposure(dataclasses.replace(exposure, psf=result.psf)))
+    script = (
+        "import sys; from repo.formatters.fits import read_exposure; "
+        "assert not any(m.startswith('stages') for m in sys.modules); "
+        f"e = read_exposure(open({str(path)!r}, 'rb').read(), 'calexp'); "
+        "print(type(e.psf).__module__, round(e.psf.sigma(100.0, 100.0), 6))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [
+        "stages.psf_model",
+        f"{round(result.psf.sigma(100.0, 100.0), 6)}",
+    ]
+
+
+def test_psf_module_names_outside_drp_are_never_imported(fitted):
+    hdus = fitted[0][4].psf.to_hdus()
+    header = hdus[0].header.copy()
+    header["PSFTYPE"] = "NOSUCH"
+    header["PSFMOD"] = "os"
+    with pytest.raises(CorruptDatasetError, match="unknown PSFTYPE 'NOSUCH'"):
+        Psf.from_hdus([fits.ImageHDU(hdus[0].data, header=header), *hdus[1:]])
 
 
 def _bytes(hdul: fits.HDUList) -> bytes:
