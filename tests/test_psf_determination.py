@@ -270,17 +270,32 @@ def test_characterize_measures_psf_fluxes_with_the_fitted_model(survey, fitted):
 
 def test_many_stars_use_interpolated_model_moments(survey, fitted, monkeypatch):
     """Beyond GRID_NODES^2 stars the fit draws the model on a grid, not at every star: same
-    answer as drawing it at each star (forced here with a 4 x 4 grid for ~27 stars)."""
+    answer as drawing it at each star (forced here with a grid larger than the ~27 stars)."""
     import stages.psf_determination as psf_determination
 
     plan, _ = survey
-    visit, exposure, catalog, _, result = fitted[0]
-    assert result.n_used > 16
-    monkeypatch.setattr(psf_determination, "GRID_NODES", 4)
+    visit, exposure, catalog, _, gridded = fitted[0]
+    assert gridded.n_used > psf_determination.GRID_NODES**2
+    monkeypatch.setattr(psf_determination, "GRID_NODES", 12)
     optical = optical_field(plan.camera, 0, visit.band, exposure.shape)
-    gridded = determine_psf(exposure, catalog, optical)
-    assert gridded.beta == result.beta
-    a, b = gridded.psf.atmosphere.coeffs, result.psf.atmosphere.coeffs
+    exact = determine_psf(exposure, catalog, optical)
+    assert gridded.beta == exact.beta
+    a, b = gridded.psf.atmosphere.coeffs, exact.psf.atmosphere.coeffs
     assert a[0, 0] == pytest.approx(b[0, 0], rel=2e-4)
     assert np.abs(a - b).max() < 5e-4
     assert gridded.size_resid_rms < 0.01
+
+
+def test_every_moffat_index_tried_is_fitted_to_convergence(survey, fitted):
+    """The index is chosen by comparing chi^2 of fully converged fits: each chi^2 of the search
+    equals that of a fit with that index alone (a partly converged fit at one index once
+    made a true 4.5 lose to 3.5)."""
+    plan, _ = survey
+    for visit, exposure, catalog, _, result in fitted:
+        optical = optical_field(plan.camera, 0, visit.band, exposure.shape)
+        assert len(result.chi2_by_beta) >= 2
+        for beta, chi2 in result.chi2_by_beta.items():
+            alone = determine_psf(exposure, catalog, optical, PsfDeterminationConfig(betas=(beta,)))
+            assert chi2 == pytest.approx(alone.chi2_by_beta[beta], rel=1e-3), beta
+        best = min(result.chi2_by_beta, key=result.chi2_by_beta.get)
+        assert result.beta == best == visit.conditions.moffat_beta
