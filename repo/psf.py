@@ -72,6 +72,20 @@ class Psf(ABC):
         """Gaussian-equivalent FWHM (pixels) at ``(x, y)``: ``2.3548 * sigma``."""
         return FWHM_PER_SIGMA * self.sigma(x, y)
 
+    def enclosed_fraction(self, x: float, y: float, radius: float) -> float:
+        """Fraction of the PSF's flux within ``radius`` pixels of its centre at ``(x, y)``.
+
+        Exact overlap of the circle with the pixels (as the circular apertures of
+        :mod:`stages.measurement`). This version sums the unit-sum kernel image, so it cannot
+        see flux beyond the kernel's edge; models that know their wings override it.
+        """
+        import sep
+
+        kernel = np.ascontiguousarray(self.kernel_image(x, y), dtype=np.float64)
+        cy, cx = (np.array(kernel.shape) - 1) / 2.0
+        flux, _, _ = sep.sum_circle(kernel, [cx], [cy], float(radius), subpix=0)
+        return float(flux[0])
+
     @abstractmethod
     def to_hdus(self) -> list[fits.ImageHDU | fits.BinTableHDU]:
         """FITS HDUs describing this model; the first is named ``PSF`` with a ``PSFTYPE`` card."""

@@ -326,6 +326,19 @@ class OpticalAtmospherePsf(Psf):
         array = image.array.astype(np.float64)
         return array / array.sum()
 
+    def enclosed_fraction(self, x: float, y: float, radius: float) -> float:
+        """Fraction of the model's total flux within ``radius`` pixels of its centre at
+        ``(x, y)``: the unit-flux profile drawn with the pixel response (not renormalized, so
+        that the wing beyond the aperture counts), summed over the exact aperture."""
+        import sep
+
+        n = 2 * math.ceil(radius) + 5
+        image = self.profile(x, y).drawImage(nx=n, ny=n, scale=1.0, method="auto")
+        array = np.ascontiguousarray(image.array, dtype=np.float64)
+        centre = (n - 1) / 2.0
+        flux, _, _ = sep.sum_circle(array, [centre], [centre], float(radius), subpix=0)
+        return float(flux[0])
+
     def _node_kernel(self, i: int, j: int) -> np.ndarray:
         key = (i, j)
         if key not in self._node_kernels:

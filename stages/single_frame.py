@@ -19,7 +19,8 @@ subset ``singleFrame``) chains them after the calibration stages of :mod:`stages
   ``icPsfStars`` the PSF stars with their model residuals (reserved stars validate the model).
 * ``calibrate``: detection and measurement with the PSF; the WCS fitted to ``refcat`` (stars moved
   to the epoch of the exposure's ``MJD-OBS``) from the raw's approximate WCS; the zero point from
-  the astrometric matches' PSF fluxes; ``src`` with ``coord_ra``/``coord_dec`` and every flux in
+  the astrometric matches' PSF fluxes, aperture-corrected
+  (:mod:`stages.aperture_correction`); ``src`` with ``coord_ra``/``coord_dec`` and every flux in
   nJy (instrumental values kept as ``*InstFlux``); ``calexpSummary`` with seeing, zero point,
   depth, astrometric scatter and the numbers of stars used.
 """
@@ -38,6 +39,11 @@ from repo.errors import DrpError
 from repo.exposure import Exposure
 from repo.psf import FWHM_PER_SIGMA, GaussianPsf
 
+from .aperture_correction import (
+    ApertureCorrectionConfig,
+    apply_aperture_correction,
+    measure_aperture_correction,
+)
 from .astrometry import (
     AstrometryConfig,
     add_sky_coordinates,
@@ -251,6 +257,8 @@ class CalibrateConfig:
         Detection and measurement (with the PSF).
     astrometry : AstrometryConfig
         Matching and WCS fit.
+    aperture_correction : ApertureCorrectionConfig
+        PSF fluxes tied to a large aperture and, through the PSF model, to total flux.
     photometry : PhotometryConfig
         Zero-point fit.
     min_calibration_snr : float
@@ -261,6 +269,7 @@ class CalibrateConfig:
 
     measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
     astrometry: AstrometryConfig = field(default_factory=AstrometryConfig)
+    aperture_correction: ApertureCorrectionConfig = field(default_factory=ApertureCorrectionConfig)
     photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
     min_calibration_snr: float = 10.0
     depth_snr: float = 5.0
@@ -310,6 +319,10 @@ class CalibrateStage(Stage):
         if exposure.wcs is None or exposure.psf is None:
             raise DrpError(f"calibrate {dict(data_id)}: the exposure has no WCS or no PSF")
         catalog = detect_and_measure(exposure, cfg.measurement)
+        apcorr = measure_aperture_correction(
+            catalog, exposure.psf, exposure.shape, cfg.aperture_correction
+        )
+        catalog = apply_aperture_correction(catalog, apcorr)
         chosen = calibration_sources(catalog, cfg.min_calibration_snr)
         candidates = catalog[chosen]
         if "MJD-OBS" not in exposure.metadata:
@@ -334,8 +347,11 @@ class CalibrateStage(Stage):
         calib_used[chosen[np.asarray(used["source_index"], int)]] = True
         src["calib_astrometry_used"] = calib_used
         summary = self._summary(exposure, astrometry, zero_point, len(src), data_id)
+        summary.update(apcorr.summary())
         exposure.metadata.update(
             {
+                "APCORR": summary["aperture_correction_mag"],
+                "APCORRN": summary["aperture_correction_stars"],
                 "ZEROPT": summary["zero_point"],
                 "ZEROPTER": summary["zero_point_err"],
                 "ASTRRMS": summary["astrom_rms_mas"],

@@ -26,50 +26,90 @@ def filled(repo_url):
     run("create", repo_url)
     repo = Repository(repo_url)
     make_survey_records(repo, n_visits=6, n_detectors=2)
-    run("register-dataset-type", repo_url, "src", "--dimensions", "visit,detector",
-        "--storage-class", "Catalog")
+    run(
+        "register-dataset-type",
+        repo_url,
+        "src",
+        "--dimensions",
+        "visit,detector",
+        "--storage-class",
+        "Catalog",
+    )
     with repo.transaction():
         for v in range(1, 7):
             for d in range(2):
-                repo.put(small_catalog(v), "src", instrument="TestCam", visit=v, detector=d,
-                         run="run1")
+                repo.put(
+                    small_catalog(v), "src", instrument="TestCam", visit=v, detector=d, run="run1"
+                )
     return repo_url
 
 
 def test_help_lists_commands_with_examples():
     out = run("--help").output
-    for command in ("create", "register-dataset-type", "ingest", "query-datasets",
-                    "query-data-ids", "query-dimension-records", "collections", "remove",
-                    "verify", "compact", "transfer", "sql"):
+    for command in (
+        "create",
+        "register-dataset-type",
+        "ingest",
+        "query-datasets",
+        "query-data-ids",
+        "query-dimension-records",
+        "collections",
+        "remove",
+        "verify",
+        "compact",
+        "transfer",
+        "sql",
+    ):
         assert command in out
         assert "Example" in run(command, "--help").output
 
 
 def test_query_datasets_json(filled):
-    out = run("query-datasets", filled, "src", "--where", "visit IN (1..4) AND band = 'r'",
-              "--format", "json").output
+    out = run(
+        "query-datasets",
+        filled,
+        "src",
+        "--where",
+        "visit IN (1..4) AND band = 'r'",
+        "--format",
+        "json",
+    ).output
     rows = json.loads(out)
     assert {(r["visit"], r["detector"]) for r in rows} == {(1, 0), (1, 1), (3, 0), (3, 1)}
     for row in rows:
         assert {"dataset_type", "run", "id", "path", "instrument", "band"} <= row.keys()
         assert row["dataset_type"] == "src" and row["run"] == "run1"
-    csv_out = run("query-datasets", filled, "--where", "visit = :v", "--bind", "v=2",
-                  "--format", "csv").output.splitlines()
+    csv_out = run(
+        "query-datasets", filled, "--where", "visit = :v", "--bind", "v=2", "--format", "csv"
+    ).output.splitlines()
     assert csv_out[0].startswith("dataset_type,run,instrument") and len(csv_out) == 3
 
 
 def test_query_data_ids_records_collections_sql(filled):
-    out = run("query-data-ids", filled, "visit", "detector", "--where", "visit = 2",
-              "--format", "json").output
+    out = run(
+        "query-data-ids", filled, "visit", "detector", "--where", "visit = 2", "--format", "json"
+    ).output
     assert [(r["visit"], r["detector"]) for r in json.loads(out)] == [(2, 0), (2, 1)]
-    out = run("query-dimension-records", filled, "visit", "--where", "exposure_time > 15",
-              "--format", "json").output
+    out = run(
+        "query-dimension-records",
+        filled,
+        "visit",
+        "--where",
+        "exposure_time > 15",
+        "--format",
+        "json",
+    ).output
     assert [r["id"] for r in json.loads(out)] == [6]
     run("collections", "chain", filled, "defaults", "run1")
     out = run("collections", filled).output
     assert "defaults" in out and "CHAINED" in out and "run1" in out
-    out = run("sql", filled, "SELECT visit, count(*) AS n FROM src GROUP BY visit ORDER BY visit",
-              "--format", "json").output
+    out = run(
+        "sql",
+        filled,
+        "SELECT visit, count(*) AS n FROM src GROUP BY visit ORDER BY visit",
+        "--format",
+        "json",
+    ).output
     assert json.loads(out) == [{"visit": v, "n": 20} for v in range(1, 7)]
 
 
@@ -81,8 +121,16 @@ def test_errors_are_one_clear_line(filled):
     assert result.exit_code == 1 and "unknown dataset type 'nope'" in result.output
     result = run("sql", filled, "DELETE FROM datasets", ok=False)
     assert result.exit_code == 1 and "read-only SELECT" in result.output
-    result = run("register-dataset-type", filled, "src", "--dimensions", "visit",
-                 "--storage-class", "Catalog", ok=False)
+    result = run(
+        "register-dataset-type",
+        filled,
+        "src",
+        "--dimensions",
+        "visit",
+        "--storage-class",
+        "Catalog",
+        ok=False,
+    )
     assert result.exit_code == 1 and "already registered" in result.output
 
 
@@ -93,8 +141,10 @@ def test_verify_remove_compact_transfer(filled, tmp_path):
     repo.storage.delete(ref.path)
     result = run("verify", filled, ok=False)
     assert result.exit_code == 1 and "missing file" in result.output
-    assert "would remove 1" in run("remove", filled, "src", "--where", "visit = 1 AND "
-                                   "detector = 0", "--dry-run").output
+    assert (
+        "would remove 1"
+        in run("remove", filled, "src", "--where", "visit = 1 AND detector = 0", "--dry-run").output
+    )
     run("remove", filled, "src", "--where", "visit = 1 AND detector = 0")
     assert run("verify", filled).exit_code == 0
     assert "merged" in run("compact", filled).output
@@ -107,11 +157,17 @@ def test_verify_remove_compact_transfer(filled, tmp_path):
 
 def test_console_script_entry_point(tmp_path):
     """The installed `drp` command works (as the README's quick start uses it)."""
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "create", str(tmp_path / "r")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "create", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0 and "created repository" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "create", str(tmp_path / "r")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "create", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("Error:")
     assert "already a drp repository" in proc.stderr

@@ -47,8 +47,9 @@ def test_four_writers_lose_nothing_on_s3(s3_bucket):
     url = f"s3://{s3_bucket}/shared"
     _prepare(url, n_detectors=250)
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, url, str(w), "250"], env=_env(),
-                         stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, str(w), "250"], env=_env(), stderr=subprocess.PIPE
+        )
         for w in range(4)
     ]
     # compact concurrently with the writers: it must not lose a row either
@@ -68,7 +69,8 @@ def test_four_writers_lose_nothing_on_s3(s3_bucket):
     refs = repo.query_datasets("cat")
     assert len(refs) == 1000
     assert {(r.data_id["visit"], r.data_id["detector"]) for r in refs} == {
-        (1 + w, i) for w in range(4) for i in range(250)}
+        (1 + w, i) for w in range(4) for i in range(250)
+    }
     repo.compact()
     fresh = Repository(url)
     assert len(fresh.query_datasets("cat")) == 1000
@@ -98,16 +100,16 @@ CRASHER = textwrap.dedent(
 
 def test_writer_killed_between_file_and_record(repo_url):
     repo = _prepare(repo_url, n_detectors=4)
-    proc = subprocess.run([sys.executable, "-c", CRASHER, repo_url], env=_env(),
-                          capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHER, repo_url], env=_env(), capture_output=True, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     repo = Repository(repo_url)
     refs = repo.query_datasets("cat")
     assert [r.data_id["detector"] for r in refs] == [0]  # no record without its file
     report = repo.verify()
     assert report.missing == [] and report.bad_checksum == []
-    leftover = repo.make_ref("cat", {"instrument": "TestCam", "visit": 1, "detector": 1},
-                             "crash")
+    leftover = repo.make_ref("cat", {"instrument": "TestCam", "visit": 1, "detector": 1}, "crash")
     assert report.orphans == [repo.storage.uri(leftover.path)]
     # re-running the same put completes the work and the repository is clean again
     from tests.conftest import small_catalog
@@ -146,12 +148,20 @@ def test_compaction_killed_midway_loses_nothing(repo_url):
 
     for d in range(4):
         repo.put(small_catalog(d), "cat", instrument="TestCam", visit=2, detector=d, run="r")
-    proc = subprocess.run([sys.executable, "-c", COMPACT_CRASHER, repo_url], env=_env(),
-                          capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPACT_CRASHER, repo_url],
+        env=_env(),
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     fresh = Repository(repo_url)
     assert sorted(r.data_id["detector"] for r in fresh.query_datasets("cat")) == [0, 1, 2, 3]
     fresh.compact()
     assert sorted(r.data_id["detector"] for r in Repository(repo_url).query_datasets("cat")) == [
-        0, 1, 2, 3]
+        0,
+        1,
+        2,
+        3,
+    ]
     assert fresh.verify().ok
