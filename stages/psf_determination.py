@@ -117,7 +117,7 @@ class PsfDeterminationConfig:
     max_iter: int = 8
     stamp_half_size: int = 12
     kernel_size: int | None = None
-    grid_spacing: float = 128.0
+    grid_spacing: float = 256.0
     seed: int = 0
 
     def __post_init__(self) -> None:

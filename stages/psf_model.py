@@ -26,6 +26,7 @@ values are float64, so the round trip is exact.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -213,6 +214,14 @@ def grid_spacing_for(
     return float(np.clip(step, 8.0, max_spacing))
 
 
+@functools.cache
+def _gsparams() -> Any:
+    """GalSim's accuracy settings of the model (made once: they cost a fraction of a draw)."""
+    import galsim
+
+    return galsim.GSParams(folding_threshold=FOLDING_THRESHOLD, maxk_threshold=MAXK_THRESHOLD)
+
+
 def _extended_nodes(length: int, n: int) -> np.ndarray:
     """``n`` equally spaced nodes from ``-(length - 1) / 2`` to ``3 (length - 1) / 2``."""
     return np.linspace(-0.5 * (length - 1), 1.5 * (length - 1), n)
@@ -304,9 +313,7 @@ class OpticalAtmospherePsf(Psf):
         """The GalSim profile (unit flux, pixel units, no pixel response) at ``(x, y)``."""
         import galsim
 
-        gsparams = galsim.GSParams(
-            folding_threshold=FOLDING_THRESHOLD, maxk_threshold=MAXK_THRESHOLD
-        )
+        gsparams = _gsparams()
         fwhm, e1, e2 = (float(p) for p in self.atmosphere.params(x, y))
         profile = galsim.Moffat(beta=self.atmosphere.beta, fwhm=fwhm, gsparams=gsparams)
         profile = profile.shear(e1=e1, e2=e2)
