@@ -99,7 +99,15 @@ def run_detector(repo: Repository, data_id: dict, profiler: cProfile.Profile | N
     exposure = repo.get("icExp", data_id, collections=[SCRATCH_RUN])
     refcat = get("refcat", {})
     seconds["calibrate read"] = time.perf_counter() - start
-    out = compute("calibrate", CalibrateStage(), exposure=exposure, refcat=refcat, data_id=full)
+    sources = repo.get("icSrc", data_id, collections=[SCRATCH_RUN])
+    out = compute(
+        "calibrate",
+        CalibrateStage(),
+        exposure=exposure,
+        sources=sources,
+        refcat=refcat,
+        data_id=full,
+    )
     write(
         "calibrate",
         {"calexp": out["calexp"], "src": out["src"], "calexpSummary": out["summary"]},

@@ -612,6 +612,46 @@ def detect_and_measure(exposure: Exposure, config: MeasurementConfig | None = No
     return _as_table(columns, config)
 
 
+def measure_psf_fluxes(
+    catalog: Table, exposure: Exposure, config: MeasurementConfig | None = None
+) -> Table:
+    """A copy of a :func:`detect_and_measure` catalog with PSF fluxes from ``exposure.psf``.
+
+    The sources must have been measured on this exposure's pixels (``icSrc`` on ``icExp``): the
+    PSF is fitted at their centroids ``x, y``, ignoring the pixels of ``config.mask_planes``,
+    the centroid errors follow the PSF flux's S/N, and every other column is kept. The result equals :func:`detect_and_measure` run again with
+    the PSF set, without detecting and measuring everything a second time.
+
+    Raises :class:`DrpError` if the exposure has no PSF or the catalog no centroids.
+    """
+    config = config or MeasurementConfig()
+    if exposure.psf is None:
+        raise DrpError("measure_psf_fluxes: the exposure has no PSF")
+    needed = ("x", "y", "psfFlux", "psfFluxErr", "psfChi2", "flag_psfFlux", "xErr", "yErr")
+    missing = [c for c in needed if c not in catalog.colnames]
+    if missing:
+        raise DrpError(f"measure_psf_fluxes: the catalog has no {missing}")
+    out = catalog.copy()
+    if len(catalog) == 0:
+        return out
+    ignore = ignored_pixels(exposure, config.mask_planes)
+    fit = psf_fluxes(
+        _native(exposure.image),
+        _native(exposure.variance),
+        np.asarray(catalog["x"], float),
+        np.asarray(catalog["y"], float),
+        exposure.psf,
+        ignore,
+    )
+    for name, values in fit.items():
+        out[name][:] = values
+    # Centroid errors scale with the S/N of the PSF flux once there is one.
+    columns = {name: np.asarray(out[name], float) for name in ("psfFlux", "psfFluxErr",
+               "kronFlux", "kronFluxErr", "ixx", "iyy")}  # fmt: skip
+    out["xErr"][:], out["yErr"][:] = centroid_errors(columns, columns)
+    return out
+
+
 def measure_sources(
     exposure: Exposure,
     objects: np.ndarray,

@@ -6,7 +6,7 @@ subset ``singleFrame``) chains them after the calibration stages of :mod:`stages
 
     raw + bias + dark + flat --isr--> postISRCCD
     postISRCCD --characterize--> icExp, calexpBackground, icSrc, icPsfStars
-    icExp + refcat --calibrate--> calexp, src, calexpSummary
+    icExp + icSrc + refcat --calibrate--> calexp, src, calexpSummary
 
 * ``isr``: :func:`stages.isr.run_isr` with the masters of the same run; the defects are the hot
   pixels of the dark and the dead pixels of the flat.
@@ -17,7 +17,8 @@ subset ``singleFrame``) chains them after the calibration stages of :mod:`stages
   measurement without PSF, then the PSF (:func:`stages.psf_determination.determine_psf`, optical
   part from the camera model) attached to the exposure. ``icSrc`` is the first-pass catalog and
   ``icPsfStars`` the PSF stars with their model residuals (reserved stars validate the model).
-* ``calibrate``: detection and measurement with the PSF; the WCS fitted to ``refcat`` (stars moved
+* ``calibrate``: PSF fluxes added to characterize's sources (``icSrc``, measured on the same
+  pixels: detecting and measuring again would give the same rows); the WCS fitted to ``refcat`` (stars moved
   to the epoch of the exposure's ``MJD-OBS``) from the raw's approximate WCS; the zero point from
   the astrometric matches' PSF fluxes, aperture-corrected
   (:mod:`stages.aperture_correction`); ``src`` with ``coord_ra``/``coord_dec`` and every flux in
@@ -56,7 +57,7 @@ from .calib_stages import BIAS, CAMERA, DARK, FLAT, VISIT_DIMS, camera_from_data
 from .calibration_products import CalibrationProduct, combine_defects
 from .cosmic_rays import CosmicRayConfig, reject_cosmic_rays
 from .isr import IsrConfig, run_isr
-from .measurement import MeasurementConfig, detect_and_measure
+from .measurement import MeasurementConfig, detect_and_measure, measure_psf_fluxes
 from .photometry import PhotometryConfig, calibrate_fluxes, calibrate_photometry
 from .psf_determination import PsfDeterminationConfig, determine_psf, optical_field
 from .refcat import mjd_to_epoch
@@ -254,7 +255,9 @@ class CalibrateConfig:
     Parameters
     ----------
     measurement : MeasurementConfig
-        Detection and measurement (with the PSF).
+        Its ``mask_planes`` are the pixels the PSF fit ignores. The sources are characterize's
+        (``icSrc``), detected and measured on the same pixels: set characterize's measurement
+        config to change detection or the other measurements.
     astrometry : AstrometryConfig
         Matching and WCS fit.
     aperture_correction : ApertureCorrectionConfig
@@ -310,15 +313,17 @@ class CalibrateStage(Stage):
     exposure: the ``calexp``, its ``src`` catalog and its summary."""
 
     dimensions = VISIT_DIMS
-    inputs = {"exposure": IC_EXP, "refcat": REFCAT}
+    inputs = {"exposure": IC_EXP, "sources": IC_SRC, "refcat": REFCAT}
     outputs = {"calexp": CALEXP, "src": SRC, "summary": SUMMARY}
     config_class = CalibrateConfig
 
-    def run(self, exposure: Exposure, refcat: Table, data_id: Any) -> dict[str, Any]:
+    def run(
+        self, exposure: Exposure, sources: Table, refcat: Table, data_id: Any
+    ) -> dict[str, Any]:
         cfg = self.config
         if exposure.wcs is None or exposure.psf is None:
             raise DrpError(f"calibrate {dict(data_id)}: the exposure has no WCS or no PSF")
-        catalog = detect_and_measure(exposure, cfg.measurement)
+        catalog = measure_psf_fluxes(sources, exposure, cfg.measurement)
         apcorr = measure_aperture_correction(
             catalog, exposure.psf, exposure.shape, cfg.aperture_correction
         )

@@ -23,7 +23,7 @@ from simulated import isr_with_true_calibrations
 from repo.errors import CorruptDatasetError, DrpError
 from repo.formatters.fits import read_exposure, write_exposure
 from repo.psf import Psf, adaptive_sigma
-from stages.measurement import adaptive_moments_of_stamps, detect_and_measure
+from stages.measurement import adaptive_moments_of_stamps, detect_and_measure, measure_psf_fluxes
 from stages.psf_determination import (
     PsfDeterminationConfig,
     characterize,
@@ -299,3 +299,25 @@ def test_every_moffat_index_tried_is_fitted_to_convergence(survey, fitted):
             assert chi2 == pytest.approx(alone.chi2_by_beta[beta], rel=1e-3), beta
         best = min(result.chi2_by_beta, key=result.chi2_by_beta.get)
         assert result.beta == best == visit.conditions.moffat_beta
+
+
+def test_psf_fluxes_added_to_the_first_pass_equal_a_second_pass(fitted):
+    """Calibrate adds PSF fluxes to characterize's catalog instead of measuring the same pixels
+    again: every column equals that of a full second pass with the PSF set."""
+    _, exposure, catalog, _, result = fitted[0]
+    assert exposure.psf is None and np.isnan(catalog["psfFlux"]).all()
+    with_psf = dataclasses.replace(exposure, psf=result.psf)
+    again = detect_and_measure(with_psf)
+    added = measure_psf_fluxes(catalog, with_psf)
+    assert added.colnames == again.colnames and len(added) == len(again) > 40
+    for name in again.colnames:
+        a, b = np.asarray(added[name]), np.asarray(again[name])
+        nan_ok = a.dtype.kind == "f"
+        assert np.array_equal(a, b, equal_nan=nan_ok), name
+        assert added[name].unit == again[name].unit, name
+    assert np.isnan(catalog["psfFlux"]).all()  # the input catalog is left as it was
+    assert np.isfinite(added["psfFlux"]).mean() > 0.9
+    with pytest.raises(DrpError, match="no PSF"):
+        measure_psf_fluxes(catalog, exposure)
+    with pytest.raises(DrpError, match="psfFlux"):
+        measure_psf_fluxes(catalog[["x", "y"]], with_psf)
