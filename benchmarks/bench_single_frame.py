@@ -11,7 +11,8 @@ process and after a warm-up detector (imports, GalSim's tables): the seconds of 
 ``run`` (compute only, inputs already in memory), and the seconds to read its inputs from the
 repository and to write its outputs (FITS/Parquet, with checksums) into a scratch run that is
 removed afterwards. Megapixels are those of the calibrated detector. With ``--profile`` the
-compute of all detectors is profiled and the 25 most expensive functions (own time) printed.
+compute of all detectors is profiled and the 25 most expensive functions (own time) printed;
+``--profile-out FILE`` keeps the stats for ``python -m pstats FILE`` (callers, callees).
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def main() -> None:
     parser.add_argument("repo", help="a repository made by `drp demo`")
     parser.add_argument("--detectors", type=int, default=6)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--profile-out", metavar="FILE", help="with --profile: also save the raw stats (pstats)"
+    )
     args = parser.parse_args()
     repo = Repository(args.repo)
     refs = sorted(
@@ -156,6 +160,8 @@ def main() -> None:
     if profiler is not None:
         print()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        if args.profile_out:
+            profiler.dump_stats(args.profile_out)
 
 
 if __name__ == "__main__":

@@ -285,10 +285,7 @@ def _crop(kernels: np.ndarray, half: int) -> np.ndarray:
 def _rendered(psf: OpticalAtmospherePsf, stars: _Stars, half: int) -> np.ndarray:
     """The exact model at each star, at its sub-pixel offset, cropped to the stamps."""
     dx, dy = stars.x - np.rint(stars.x), stars.y - np.rint(stars.y)
-    kernels = np.array(
-        [psf.render(a, b, (u, v)) for a, b, u, v in zip(stars.x, stars.y, dx, dy, strict=True)]
-    )
-    return _crop(kernels, half)
+    return _crop(psf.render_many(stars.x, stars.y, dx, dy), half)
 
 
 def _model_shapes(kernels: np.ndarray, stars: _Stars) -> tuple[np.ndarray, ...]:
@@ -315,8 +312,7 @@ def _model_shapes_at_stars(
     xn = np.linspace(0.0, psf.width - 1, GRID_NODES)
     yn = np.linspace(0.0, psf.height - 1, GRID_NODES)
     xx, yy = np.meshgrid(xn, yn)
-    nodes = zip(xx.ravel(), yy.ravel(), strict=True)
-    kernels = _crop(np.array([psf.render(a, b) for a, b in nodes]), half)
+    kernels = _crop(psf.render_many(xx.ravel(), yy.ravel()), half)
     size0 = np.full(kernels.shape[0], float(np.median(stars.size)))
     shapes = _shape(adaptive_moments_of_stamps(kernels, 0.0, 0.0, size0))
     out = []

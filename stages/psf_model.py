@@ -12,11 +12,12 @@
   of index ``beta`` whose FWHM and ellipticity (distortions ``e1``, ``e2``) are polynomials in the
   pixel position (:class:`MoffatField`).
 
-The PSF at ``(x, y)`` is their convolution, drawn with the pixel response by GalSim (the same
-rendering as the simulator). Rendering costs milliseconds, so :meth:`kernel_image` interpolates
-(cubic, Catmull-Rom) between kernels drawn once at the nodes of a grid (spacing at most
-``grid_spacing`` pixels) and cached; :meth:`render` draws the exact model at any position and
-sub-pixel offset.
+The PSF at ``(x, y)`` is their convolution with the pixel response, drawn in Fourier space
+(:mod:`stages.psf_kspace`: the images GalSim, the simulator's renderer, draws from
+:meth:`OpticalAtmospherePsf.profile`, many at once). Drawing still costs a fraction of a
+millisecond, so :meth:`kernel_image` interpolates (cubic, Catmull-Rom) between kernels drawn once
+at the nodes of a grid (spacing at most ``grid_spacing`` pixels) and cached; :meth:`render` and
+:meth:`render_many` draw the exact model at any position and sub-pixel offset.
 
 FITS form (``PSFTYPE = 'OPTATM'``): HDU ``PSF`` holds the atmospheric polynomial coefficients
 (rows ``fwhm``, ``e1``, ``e2``) with the scalar parameters as header cards; HDU ``PSF_OPTICAL``
@@ -39,6 +40,7 @@ from scipy.interpolate import RectBivariateSpline
 from repo.errors import CorruptDatasetError
 from repo.formatters.fits import exact_float_card
 from repo.psf import Psf
+from stages.psf_kspace import draw_kernels
 
 #: GalSim accuracy used to draw the model (as the simulator: 0.1% folding, 1e-4 k-space cut).
 FOLDING_THRESHOLD = 1e-3
@@ -325,13 +327,18 @@ class OpticalAtmospherePsf(Psf):
 
     def render(self, x: float, y: float, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
         """The exact model at ``(x, y)`` drawn with the pixel response, centred ``offset`` pixels
-        from the central pixel's centre, normalized to sum 1 (slow: milliseconds)."""
-        n = self.kernel_size
-        image = self.profile(x, y).drawImage(
-            nx=n, ny=n, scale=1.0, method="auto", offset=(float(offset[0]), float(offset[1]))
-        )
-        array = image.array.astype(np.float64)
-        return array / array.sum()
+        from the central pixel's centre, normalized to sum 1."""
+        return self.render_many([x], [y], [offset[0]], [offset[1]])[0]
+
+    def render_many(self, x: Any, y: Any, dx: Any = 0.0, dy: Any = 0.0) -> np.ndarray:
+        """The exact model at many positions, ``(n, size, size)``, each centred ``(dx, dy)``
+        pixels from its central pixel's centre (drawn together in Fourier space by
+        :func:`stages.psf_kspace.draw_kernels`, as GalSim would draw :meth:`profile`)."""
+        x = np.atleast_1d(np.asarray(x, dtype=float))
+        y = np.atleast_1d(np.asarray(y, dtype=float))
+        optical = self.optical.params(x, y) if self.optical is not None else None
+        atmosphere = self.atmosphere.params(x, y)
+        return draw_kernels(self.atmosphere.beta, atmosphere, optical, self.kernel_size, dx, dy)
 
     def enclosed_fraction(self, x: float, y: float, radius: float) -> float:
         """Fraction of the model's total flux within ``radius`` pixels of its centre at
@@ -346,11 +353,15 @@ class OpticalAtmospherePsf(Psf):
         flux, _, _ = sep.sum_circle(array, [centre], [centre], float(radius), subpix=0)
         return float(flux[0])
 
-    def _node_kernel(self, i: int, j: int) -> np.ndarray:
-        key = (i, j)
-        if key not in self._node_kernels:
-            self._node_kernels[key] = self.render(self._x_nodes[i], self._y_nodes[j])
-        return self._node_kernels[key]
+    def _cache_nodes(self, keys: set[tuple[int, int]]) -> None:
+        """Draw the node kernels of ``keys`` that are not cached yet, a whole row of nodes at a
+        time: kernels drawn together may differ from kernels drawn alone in the last bit (the
+        FFT and numpy's vector loops work in blocks), so the cache always draws the same
+        batches and gives the same kernels however it is filled."""
+        for j in sorted({j for i, j in keys if (i, j) not in self._node_kernels}):
+            i = np.arange(self._x_nodes.size)
+            kernels = self.render_many(self._x_nodes[i], np.full(i.size, self._y_nodes[j]))
+            self._node_kernels.update(((a, j), k) for a, k in zip(i.tolist(), kernels, strict=True))
 
     def kernel_images(self, x: Any, y: Any) -> np.ndarray:
         """Kernels at many positions, ``(n, size, size)``, interpolated between cached nodes.
@@ -368,14 +379,18 @@ class OpticalAtmospherePsf(Psf):
         j1 = np.minimum(fy.astype(int), ny - 3)
         wx, wy = _catmull_rom(fx - i1), _catmull_rom(fy - j1)
         out = np.zeros((x.size, self.kernel_size, self.kernel_size))
-        for a in range(4):
-            ii = np.clip(i1 + a - 1, 0, nx - 1)
-            for b in range(4):
-                jj = np.clip(j1 + b - 1, 0, ny - 1)
-                weight = wx[a] * wy[b]
-                for i, j in set(zip(ii.tolist(), jj.tolist(), strict=True)):
-                    sel = (ii == i) & (jj == j)
-                    out[sel] += weight[sel, None, None] * self._node_kernel(i, j)
+        corners = [
+            (np.clip(i1 + a - 1, 0, nx - 1), np.clip(j1 + b - 1, 0, ny - 1), wx[a] * wy[b])
+            for a in range(4)
+            for b in range(4)
+        ]
+        self._cache_nodes(
+            {key for ii, jj, _ in corners for key in zip(ii.tolist(), jj.tolist(), strict=True)}
+        )
+        for ii, jj, weight in corners:
+            for i, j in set(zip(ii.tolist(), jj.tolist(), strict=True)):
+                sel = (ii == i) & (jj == j)
+                out[sel] += weight[sel, None, None] * self._node_kernels[(i, j)]
         return out / out.sum(axis=(1, 2), keepdims=True)
 
     def kernel_image(self, x: float, y: float) -> np.ndarray:
