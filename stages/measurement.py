@@ -453,13 +453,16 @@ def adaptive_moments_of_stamps(
         wx, wy = w * dx, w * dy
         mx = wx.sum(axis=(1, 2)) / total
         my = wy.sum(axis=(1, 2)) / total
-        nxx = 2.0 * ((wx * dx).sum(axis=(1, 2)) / total - mx * mx)
-        nyy = 2.0 * ((wy * dy).sum(axis=(1, 2)) / total - my * my)
-        nxy = 2.0 * ((wx * dy).sum(axis=(1, 2)) / total - mx * my)
-        change = np.abs(np.array([nxx - cxx[a], nyy - cyy[a], nxy - cxy[a]])).max(axis=0)
-        scale = np.maximum(np.abs(nxx) + np.abs(nyy), 1e-12)
-        cx[a] = np.where(good, cx[a] + mx, cx[a])
-        cy[a] = np.where(good, cy[a] + my, cy[a])
+        # M: the weighted covariance; the fixed point is C = 2 M.
+        mxx = (wx * dx).sum(axis=(1, 2)) / total - mx * mx
+        myy = (wy * dy).sum(axis=(1, 2)) / total - my * my
+        mxy = (wx * dy).sum(axis=(1, 2)) / total - mx * my
+        change = 2.0 * np.abs(np.array([mxx, myy, mxy]) - 0.5 * np.array([cxx[a], cyy[a], cxy[a]]))
+        change = change.max(axis=0)
+        scale = np.maximum(2.0 * (np.abs(mxx) + np.abs(myy)), 1e-12)
+        nxx, nyy, nxy, step_x, step_y = _moments_step(mxx, myy, mxy, mx, my, ixx, iyy, ixy)
+        cx[a] = np.where(good, cx[a] + step_x, cx[a])
+        cy[a] = np.where(good, cy[a] + step_y, cy[a])
         upd = good & (nxx > 0) & (nyy > 0) & (nxx * nyy - nxy * nxy > 0)
         cxx[a] = np.where(upd, np.clip(nxx, 0.05, limit), cxx[a])
         cyy[a] = np.where(upd, np.clip(nyy, 0.05, limit), cyy[a])
@@ -470,6 +473,38 @@ def adaptive_moments_of_stamps(
         active = a[~done & good]
     failed = ~converged | (cxx >= limit) | (cyy >= limit) | (np.hypot(cx, cy) > 3.0)
     return {"ixx": cxx, "iyy": cyy, "ixy": cxy, "dx": cx, "dy": cy, "failed": failed}
+
+
+def _moments_step(mxx, myy, mxy, mx, my, ixx, iyy, ixy):
+    """The next weight covariance and centroid step of the adaptive-moments iteration.
+
+    For a Gaussian source of covariance ``S`` at offset ``d`` from a Gaussian weight of
+    covariance ``C`` (inverse ``ixx, iyy, ixy``), the weighted covariance is
+    ``M = (S^-1 + C^-1)^-1`` and the weighted mean offset ``m = M S^-1 d``; so
+    ``S = (M^-1 - C^-1)^-1`` and ``d = S M^-1 m``, which this returns: one step solves a Gaussian
+    source, and its fixed point is that of the plain iteration ``C <- 2 M``, ``d <- m`` (where
+    ``C = S``, ``M = C / 2``), which converges only by halves. Where the Gaussian solution is not
+    positive definite or moves the size by more than a factor 3 (noise, far from the solution)
+    the plain step is taken.
+    """
+    det_m = mxx * myy - mxy * mxy
+    ok = det_m > 0
+    det_m = np.where(ok, det_m, 1.0)
+    pxx, pyy, pxy = myy / det_m - ixx, mxx / det_m - iyy, -mxy / det_m - ixy
+    det_p = pxx * pyy - pxy * pxy
+    ok &= (det_p > 0) & (pxx > 0)
+    det_p = np.where(ok, det_p, 1.0)
+    sxx, syy, sxy = pyy / det_p, pxx / det_p, -pxy / det_p
+    ratio = (sxx + syy) / np.maximum(2.0 * (mxx + myy), 1e-12)
+    ok &= (ratio > 1.0 / 3.0) & (ratio < 3.0)
+    ux, uy = (myy * mx - mxy * my) / det_m, (mxx * my - mxy * mx) / det_m  # M^-1 m
+    return (
+        np.where(ok, sxx, 2.0 * mxx),
+        np.where(ok, syy, 2.0 * myy),
+        np.where(ok, sxy, 2.0 * mxy),
+        np.where(ok, sxx * ux + sxy * uy, mx),
+        np.where(ok, sxy * ux + syy * uy, my),
+    )
 
 
 def adaptive_moments(

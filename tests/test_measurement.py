@@ -18,11 +18,12 @@ from simulated import isr_with_true_calibrations
 from repo.errors import DrpError
 from repo.exposure import Exposure
 from repo.formatters.parquet import read_catalog, write_catalog
-from repo.psf import GaussianPsf
+from repo.psf import GaussianPsf, adaptive_sigma
 from stages.measurement import (
     SOURCE_COLUMNS,
     MeasurementConfig,
     adaptive_moments,
+    adaptive_moments_of_stamps,
     detect_and_measure,
 )
 from stages.psf_determination import determine_psf, optical_field, select_psf_stars
@@ -105,6 +106,29 @@ def test_adaptive_moments_of_an_elliptical_gaussian():
     assert (m["ixx"][0], m["iyy"][0], m["ixy"][0]) == pytest.approx((6.0, 3.0, 1.5), rel=1e-5)
     assert (m["x"][0], m["y"][0]) == pytest.approx((30.3, 29.6), abs=1e-5)
     assert not m["failed"][0]
+
+
+def test_adaptive_moments_solve_a_gaussian_in_a_few_steps():
+    """The step solves a Gaussian source exactly (the plain C <- 2M iteration halves its error
+    per step: after 4 steps from sigma 2 it would still be percents off)."""
+    cov = np.array([[6.0, 1.5], [1.5, 3.0]])
+    image = gaussian_image((61, 61), [(30.3, 29.6, 1e4)], cov)
+    stamp = image[None, 10:51, 10:51]
+    m = adaptive_moments_of_stamps(stamp, 0.0, 0.0, 2.0, max_iter=4)
+    assert not m["failed"][0]
+    assert (m["ixx"][0], m["iyy"][0], m["ixy"][0]) == pytest.approx((6.0, 3.0, 1.5), rel=1e-5)
+    assert (m["dx"][0], m["dy"][0]) == pytest.approx((0.3, -0.4), abs=1e-5)
+
+
+def test_adaptive_moments_of_a_moffat_are_the_plain_iterations_fixed_point():
+    """Not Gaussian: the accelerated iteration must reach the fixed point of C <- 2M, computed
+    independently by repo.psf.adaptive_sigma."""
+    yy, xx = np.mgrid[:41, :41] - 20.0
+    moffat = (1.0 + (xx**2 + 0.8 * yy**2) / 3.0**2) ** -3.0
+    m = adaptive_moments_of_stamps(moffat[None], 0.0, 0.0, 2.0)
+    assert not m["failed"][0]
+    det = m["ixx"][0] * m["iyy"][0] - m["ixy"][0] ** 2
+    assert det**0.25 == pytest.approx(adaptive_sigma(moffat / moffat.sum()), rel=1e-6)
 
 
 def test_psf_flux_pulls_follow_the_noise():
