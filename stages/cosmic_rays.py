@@ -43,9 +43,9 @@ from scipy import ndimage
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-from repo.psf import adaptive_sigma
 
 from .isr import fill_values
+from .measurement import adaptive_moments_of_stamps, stamps
 
 #: Neighbour offsets (dy, dx) of the four directions tested and their distance (pixels).
 DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -164,10 +164,24 @@ def _background(image: np.ndarray, excluded: np.ndarray, mesh: int) -> np.ndarra
     return bkg.back()
 
 
+def _excluded(exposure: Exposure, config: CosmicRayConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels the search ignores (``invalid``: EXCLUDED_PLANES) and those it also keeps out of
+    the background and of the candidates (``excluded``: plus the ends of bleed trails)."""
+    invalid = (exposure.mask & exposure.bits(*EXCLUDED_PLANES)) != 0
+    excluded = invalid.copy()
+    sat = (exposure.mask & exposure.bit("SAT")) != 0
+    if config.saturation_buffer and sat.any():
+        # Bleed trails end in partly filled pixels along their column: leave those alone.
+        column = np.ones((2 * config.saturation_buffer + 1, 1), dtype=bool)
+        excluded |= ndimage.binary_dilation(sat, column)
+    return invalid, excluded
+
+
 def find_cosmic_rays(
     exposure: Exposure,
     psf_sigma_pix: float,
     config: CosmicRayConfig = DEFAULT_CR_CONFIG,
+    background: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pixels hit by cosmic rays: sharper than the PSF allows (see the module docstring).
 
@@ -181,6 +195,9 @@ def find_cosmic_rays(
         is the safe choice (:func:`estimate_psf_sigma` measures it).
     config : CosmicRayConfig
         Thresholds and growing.
+    background : numpy.ndarray, optional
+        The image's background, if already known (:func:`reject_cosmic_rays` measures it once
+        for both passes); measured with sep otherwise.
 
     Returns
     -------
@@ -190,14 +207,10 @@ def find_cosmic_rays(
     ratios = psf_pair_ratios(float(psf_sigma_pix) * config.psf_margin)
     image = exposure.image.astype(np.float32, copy=False)
     variance = np.clip(exposure.variance.astype(np.float32, copy=False), 1e-6, None)
-    invalid = (exposure.mask & exposure.bits(*EXCLUDED_PLANES)) != 0
-    excluded = invalid.copy()
-    sat = (exposure.mask & exposure.bit("SAT")) != 0
-    if config.saturation_buffer and sat.any():
-        # Bleed trails end in partly filled pixels along their column: leave those alone.
-        column = np.ones((2 * config.saturation_buffer + 1, 1), dtype=bool)
-        excluded |= ndimage.binary_dilation(sat, column)
-    values = image - _background(image, excluded, config.background_mesh)
+    invalid, excluded = _excluded(exposure, config)
+    if background is None:
+        background = _background(image, excluded, config.background_mesh)
+    values = image - background
     ys, xs = np.nonzero(
         (values > 0) & (values * values > config.detect_sigma**2 * variance) & ~excluded
     )
@@ -239,21 +252,25 @@ def estimate_psf_sigma(
     max_stars: int = 30,
     stamp_half: int = 7,
     core_factor: float = 0.9,
+    background: np.ndarray | None = None,
 ) -> float:
     """The PSF core's Gaussian sigma, measured on the brightest compact sources.
 
     Sources ``detect_sigma`` above the background and away from masked pixels get the adaptive
-    second-moment sigma of a stamp around their peak (:func:`repo.psf.adaptive_sigma`); the
+    second-moment sigma ``det(C)**0.25`` of a stamp around their peak
+    (:func:`stages.measurement.adaptive_moments_of_stamps`, all stamps at once); the
     estimate is ``core_factor`` times the median over the sharpest half of the ``max_stars``
     brightest (stars are the most compact sources once cosmic rays are repaired). The factor
     converts the adaptive sigma, which Moffat-like wings inflate by about 10%, into the width
     of the core that the cosmic-ray test relies on. The result is never less than ``min_sigma``
     (the optical PSF alone, the sharpest the image can be), which is also returned when no
-    source is usable.
+    source is usable. ``background`` is the image's background if known (else measured).
     """
     image = exposure.image.astype(np.float32)
     masked = (exposure.mask & exposure.bits(*EXCLUDED_PLANES, "CR")) != 0
-    data = image - _background(image, masked, 64)
+    if background is None:
+        background = _background(image, masked, 64)
+    data = image - background
     err = np.sqrt(np.clip(exposure.variance.astype(np.float32), 1e-6, None))
     try:
         objects = sep.extract(data, detect_sigma, err=err, mask=masked, minarea=5)
@@ -264,16 +281,15 @@ def estimate_psf_sigma(
     x, y = objects["xpeak"].astype(int), objects["ypeak"].astype(int)
     inside = (x >= h) & (x < nx - h) & (y >= h) & (y < ny - h) & (objects["flag"] == 0)
     order = np.argsort(objects["flux"][inside])[::-1][:max_stars]
-    sigmas = []
-    for xc, yc in zip(x[inside][order], y[inside][order], strict=True):
-        box = (slice(yc - h, yc + h + 1), slice(xc - h, xc + h + 1))
-        if masked[box].any():
-            continue
-        try:
-            sigmas.append(adaptive_sigma(data[box].astype(np.float64)))
-        except ValueError:
-            continue
-    if not sigmas:
+    xs, ys = x[inside][order], y[inside][order]
+    clean = ~stamps(masked.astype(np.float64), xs, ys, h).any(axis=(1, 2))
+    moments = adaptive_moments_of_stamps(
+        stamps(data.astype(np.float64), xs[clean], ys[clean], h), 0.0, 0.0, 2.0
+    )
+    ok = ~moments["failed"]
+    det = moments["ixx"][ok] * moments["iyy"][ok] - moments["ixy"][ok] ** 2
+    sigmas = det[det > 0] ** 0.25
+    if not sigmas.size:
         return float(min_sigma)
     sharpest = np.sort(sigmas)[: max(1, (len(sigmas) + 1) // 2)]
     return float(max(min_sigma, core_factor * np.median(sharpest)))
@@ -291,13 +307,15 @@ def reject_cosmic_rays(
     (:func:`estimate_psf_sigma`), and pass 2, on the original pixels, uses it. Modifies ``exposure`` in place (CR and
     INTRP planes, repaired pixels) and returns the cosmic-ray mask and the PSF sigma used.
     """
-    first = find_cosmic_rays(exposure, min_psf_sigma, config)
+    image = exposure.image.astype(np.float32, copy=False)
+    background = _background(image, _excluded(exposure, config)[1], config.background_mesh)
+    first = find_cosmic_rays(exposure, min_psf_sigma, config, background)
     scratch = Exposure(
         image=exposure.image.copy(), mask=exposure.mask.copy(), variance=exposure.variance.copy()
     )
     repair_cosmic_rays(scratch, first)
-    sigma = estimate_psf_sigma(scratch, min_psf_sigma)
-    found = find_cosmic_rays(exposure, sigma, config) | first
+    sigma = estimate_psf_sigma(scratch, min_psf_sigma, background=background)
+    found = find_cosmic_rays(exposure, sigma, config, background) | first
     repair_cosmic_rays(exposure, found)
     return found, sigma
 
