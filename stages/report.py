@@ -22,6 +22,10 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
 ``psf_size_resid``
     S/N^2-weighted rms of the fractional size residual (model / measured - 1) of the reserved
     PSF stars (outliers excluded), over all ``icPsfStars``.
+``psf_e1_resid``, ``psf_e2_resid``
+    the same for the ellipticity (distortion) residuals, model minus measured. Like the size
+    residual, they include the reserved stars' own measurement noise (of order ``1 / (S/N)`` in
+    ellipticity), so they reach the model's accuracy only with many bright stars.
 ``cr_recall``
     fraction of the pixels that received cosmic-ray charge above 5 sigma of their noise (the
     calexp's variance plane; charge divided by the flat as ISR does) that carry the CR plane;
@@ -61,6 +65,8 @@ REPORT_KEYS = (
     "zp_err_mmag",
     "psf_flux_ratio_median",
     "psf_size_resid",
+    "psf_e1_resid",
+    "psf_e2_resid",
     "cr_recall",
     "cr_star_false_rate",
     "sky_noise_ratio",
@@ -121,7 +127,7 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
     report["collections"] = list(collections)
     calexp_refs = _refs(repo, "calexp", collections)
     report["n_calexps"] = len(calexp_refs)
-    report["psf_size_resid"] = _psf_size_resid(repo, collections)
+    report.update(_psf_residuals(repo, collections))
     conditions = _find(repo, "truthVisitConditions", {}, collections)
     if not calexp_refs or conditions is None:
         report["calexps"] = []
@@ -198,17 +204,22 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
     return report
 
 
-def _psf_size_resid(repo: Repository, collections: list[str]) -> float | None:
+def _psf_residuals(repo: Repository, collections: list[str]) -> dict[str, float | None]:
+    """S/N^2-weighted rms of the size and ellipticity residuals of the reserved PSF stars."""
+    names = {"psf_size_resid": "sizeResid", "psf_e1_resid": "e1Resid", "psf_e2_resid": "e2Resid"}
     tables = [repo.get(ref) for ref in _refs(repo, "icPsfStars", collections)]
     tables = [t for t in tables if len(t)]
     if not tables:
-        return None
-    resid = np.concatenate([np.asarray(t["sizeResid"], float) for t in tables])
+        return dict.fromkeys(names)
     weight = np.concatenate([np.asarray(t["snr"], float) ** 2 for t in tables])
     check = np.concatenate([np.asarray(t["reserved"] & ~t["outlier"], bool) for t in tables])
     if not check.any():
-        return None
-    return math.sqrt(float(np.sum(weight[check] * resid[check] ** 2) / np.sum(weight[check])))
+        return dict.fromkeys(names)
+    out: dict[str, float | None] = {}
+    for key, column in names.items():
+        resid = np.concatenate([np.asarray(t[column], float) for t in tables])
+        out[key] = math.sqrt(float(np.sum(weight[check] * resid[check] ** 2) / weight[check].sum()))
+    return out
 
 
 def _matched_stars(src: Table, truth: Table) -> np.ndarray:
@@ -290,6 +301,8 @@ def format_report(report: dict[str, Any]) -> str:
         "zp_err_mmag": "mmag",
         "psf_flux_ratio_median": "",
         "psf_size_resid": "",
+        "psf_e1_resid": "",
+        "psf_e2_resid": "",
         "cr_recall": "",
         "cr_star_false_rate": "",
         "sky_noise_ratio": "",

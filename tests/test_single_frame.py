@@ -156,7 +156,10 @@ def test_report_within_the_issue_tolerances(processed):
     assert report["zp_err_mmag"] <= 5.0
     assert report["zp_err_visit_mmag"] <= 5.0
     assert abs(report["psf_flux_ratio_median"] - 1.0) < 0.005
+    # Residuals on reserved stars include their own measurement noise, which dominates on this
+    # small survey's few bright stars (the default demo: 0.4% in size, 0.65% in e1 and e2).
     assert report["psf_size_resid"] < 0.02
+    assert report["psf_e1_resid"] < 0.02 and report["psf_e2_resid"] < 0.02
     assert report["n_astrometry_stars"] >= 20
     assert all(math.isfinite(r["zp_err_mag"]) for r in report["calexps"])
 
