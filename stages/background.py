@@ -24,6 +24,7 @@ of sources do not raise it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +218,80 @@ def background_of_image(
     return BackgroundModel.from_sep(bkg, data.shape, (int(bh), int(bw)), (int(fh), int(fw)))
 
 
+def clipped_mean_background(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    mesh: int | tuple[int, int] = 64,
+    filter_size: int | tuple[int, int] = 3,
+    clip: float = 3.5,
+    iterations: int = 4,
+    min_fraction: float = 0.1,
+    start: BackgroundModel | None = None,
+) -> BackgroundModel:
+    """A mesh background whose boxes take the sigma-clipped mean of their unmasked pixels.
+
+    sep's (SExtractor's) box value is a mode estimate, ``2.5 median - 1.5 mean``: robust in
+    crowded boxes, but it estimates the mode, and photometry needs the mean. Sky pixels are
+    Poisson, skewed by ``1 / sqrt(sky)``, so the mode estimate is low by about ``0.4`` electron
+    per pixel whatever the sky level (``tests/test_background.py``), which over a 12-pixel
+    aperture is 200 electrons. Here each box starts at its median and MAD (or at the nodes of
+    ``start``, a model on the same boxes such as sep's, which saves the medians), and
+    ``iterations`` times keeps the pixels within ``clip`` standard deviations of the centre and
+    takes their mean and standard deviation. A symmetric clip of a skewed distribution cuts
+    more of its upper tail: at 3 sigma that leaves -0.03 to -0.08 electron on Poisson skies of
+    300-2300 electrons, at 3.5 sigma under 0.01. Unlike the mode, the mean follows the
+    sources in a box, so they must be masked (:func:`estimate_background` with a
+    ``source_sigma`` high enough, 5, not to mask noise peaks, which would bias it low
+    again). Boxes with fewer than
+    ``min_fraction`` unmasked pixels take the value of the nearest good box. The box values are
+    median filtered over ``filter_size`` boxes (edges replicated) and interpolated with the
+    same spline as sep's (:class:`BackgroundModel`).
+    """
+    data = np.asarray(image, dtype=np.float32)
+    if data.ndim != 2:
+        raise DrpError(f"background: image must be 2-D, got {data.ndim}-D")
+    bh, bw = (mesh, mesh) if np.isscalar(mesh) else mesh
+    fh, fw = (filter_size, filter_size) if np.isscalar(filter_size) else filter_size
+    if min(bh, bw, fh, fw) < 1:
+        raise DrpError(f"background: mesh {mesh} and filter size {filter_size} must be >= 1")
+    ny, nx = data.shape
+    nby, nbx = (ny - 1) // bh + 1, (nx - 1) // bw + 1
+    padded = np.full((nby * bh, nbx * bw), np.nan, dtype=np.float32)
+    padded[:ny, :nx] = data if mask is None else np.where(mask, np.nan, data)
+    boxes = padded.reshape(nby, bh, nbx, bw).transpose(0, 2, 1, 3).reshape(nby, nbx, bh * bw)
+    valid = np.isfinite(boxes)
+    good = valid.sum(axis=2) >= max(3, min_fraction * bh * bw)
+    if not good.any():
+        raise DrpError("background: every box is masked")
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN boxes are handled below
+        if start is not None and start.back.shape == (nby, nbx):
+            centre, spread = start.back.copy(), start.rms.copy()
+        else:
+            centre = np.nanmedian(boxes, axis=2)
+            spread = 1.4826 * np.nanmedian(np.abs(boxes - centre[..., None]), axis=2)
+        values = np.where(valid, boxes, 0.0).astype(np.float64)
+        for _ in range(iterations):
+            keep = valid & (np.abs(boxes - centre[..., None]) <= clip * spread[..., None])
+            n = np.maximum(keep.sum(axis=2), 1)
+            centre = np.where(keep, values, 0.0).sum(axis=2) / n
+            second = np.where(keep, (values - centre[..., None]) ** 2, 0.0).sum(axis=2) / n
+            spread = np.sqrt(second)
+    # Bad boxes take the nearest good box's values.
+    _, (iy, ix) = ndimage.distance_transform_edt(~good, return_indices=True)
+    centre, spread = centre[iy, ix], spread[iy, ix]
+    back = ndimage.median_filter(centre, size=(int(fh), int(fw)), mode="nearest")
+    rms = ndimage.median_filter(spread, size=(int(fh), int(fw)), mode="nearest")
+    return BackgroundModel(
+        (ny, nx), (int(bh), int(bw)), (int(fh), int(fw)), back, rms,
+        float(np.median(back)), float(np.median(rms)),
+    )  # fmt: skip
+
+
+#: Box estimators of :func:`estimate_background`: sep's mode, or the clipped mean.
+BACKGROUND_ESTIMATORS = ("mode", "clipped_mean")
+
+
 def estimate_background(
     exposure: Exposure,
     mesh: int | tuple[int, int] = 64,
@@ -224,6 +299,7 @@ def estimate_background(
     mask_planes: tuple[str, ...] = BACKGROUND_MASK_PLANES,
     source_sigma: float | None = None,
     source_grow: int = 3,
+    estimator: str = "mode",
 ) -> tuple[BackgroundModel, np.ndarray]:
     """The background of an exposure, its masked pixels (and optionally its sources) excluded.
 
@@ -241,6 +317,9 @@ def estimate_background(
         (None: one pass, sep alone).
     source_grow : int
         Growth (pixels) of the source mask.
+    estimator : str
+        The final pass's box value: ``"mode"`` (sep's, SExtractor's) or ``"clipped_mean"``
+        (:func:`clipped_mean_background`); the first pass, which finds the sources, is sep's.
 
     Returns
     -------
@@ -249,16 +328,23 @@ def estimate_background(
     background : numpy.ndarray
         Its float32 map.
     """
+    if estimator not in BACKGROUND_ESTIMATORS:
+        raise DrpError(f"background: estimator {estimator!r} is not one of {BACKGROUND_ESTIMATORS}")
     planes = [p for p in mask_planes if p in exposure.mask_planes]
     masked = (exposure.mask & exposure.bits(*planes)) != 0 if planes else None
     model = background_of_image(exposure.image, masked, mesh, filter_size)
+    final = masked
     if source_sigma is not None:
         sources = source_mask(
             exposure.image - model.image(), model.rms_image(), source_sigma, source_grow
         )
         combined = sources if masked is None else (sources | masked)
         if combined.mean() < MAX_MASKED_FRACTION:
-            model = background_of_image(exposure.image, combined, mesh, filter_size)
+            final = combined
+            if estimator == "mode":
+                model = background_of_image(exposure.image, combined, mesh, filter_size)
+    if estimator == "clipped_mean":
+        model = clipped_mean_background(exposure.image, final, mesh, filter_size, start=model)
     return model, model.image()
 
 

@@ -12,8 +12,10 @@ subset ``singleFrame``) chains them after the calibration stages of :mod:`stages
   pixels of the dark and the dead pixels of the flat.
 * ``characterize``: cosmic rays found and repaired (:func:`stages.cosmic_rays.reject_cosmic_rays`,
   whose lower bound of the PSF width is the sharpest optical PSF of the detector, the
-  atmosphere only broadening it); the background (:func:`stages.background.estimate_background`,
-  sources masked in a second pass) subtracted and stored as a table; a first detection and
+  atmosphere only broadening it); the background (:func:`stages.background.estimate_background`:
+  sources found 5 sigma above sep's first pass masked, then the sigma-clipped mean of each box,
+  which unlike sep's mode estimate is not low on a Poisson sky) subtracted and stored as a
+  table; a first detection and
   measurement without PSF, then the PSF (:func:`stages.psf_determination.determine_psf`, optical
   part from the camera model) attached to the exposure. ``icSrc`` is the first-pass catalog and
   ``icPsfStars`` the PSF stars with their model residuals (reserved stars validate the model).
@@ -148,6 +150,9 @@ class CharacterizeConfig:
         Background box size (pixels) and median filter size (boxes).
     background_source_sigma : float or None
         Threshold of the source mask of the background's second pass (None: one pass).
+    background_estimator : str
+        Box value of the background: ``"mode"`` (sep's) or ``"clipped_mean"`` (see
+        :func:`stages.background.clipped_mean_background`).
     measurement : MeasurementConfig
         The first detection and measurement pass (PSF star candidates).
     psf : PsfDeterminationConfig
@@ -161,7 +166,8 @@ class CharacterizeConfig:
     cosmic_rays: CosmicRayConfig = field(default_factory=CosmicRayConfig)
     background_mesh: int = 64
     background_filter: int = 3
-    background_source_sigma: float | None = 3.0
+    background_source_sigma: float | None = 5.0
+    background_estimator: str = "clipped_mean"
     measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
     psf: PsfDeterminationConfig = field(default_factory=PsfDeterminationConfig)
     gaussian_fallback: bool = True
@@ -203,6 +209,7 @@ class CharacterizeStage(Stage):
             cfg.background_mesh,
             cfg.background_filter,
             source_sigma=cfg.background_source_sigma,
+            estimator=cfg.background_estimator,
         )
         subtract_background(exposure, level)
         catalog = detect_and_measure(exposure, cfg.measurement)
