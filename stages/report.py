@@ -19,6 +19,10 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
     calexp in ``calexps``).
 ``psf_flux_ratio_median``
     median of ``psfFlux`` (nJy) / true flux of such stars with PSF S/N >= 50.
+``psf_flux_pull_rms``
+    robust rms (1.4826 MAD) of the pulls ``(psfFlux / true flux - 1) * S/N`` of those stars:
+    1 when their scatter is the noise that ``psfFluxErr`` states, at every S/N (PSF-model,
+    aperture-correction and zero-point errors would raise it at high S/N).
 ``psf_size_resid``
     S/N^2-weighted rms of the fractional size residual (model / measured - 1) of the reserved
     PSF stars (outliers excluded), over all ``icPsfStars``.
@@ -64,6 +68,7 @@ REPORT_KEYS = (
     "astrom_rms_mas",
     "zp_err_mmag",
     "psf_flux_ratio_median",
+    "psf_flux_pull_rms",
     "psf_size_resid",
     "psf_e1_resid",
     "psf_e2_resid",
@@ -187,6 +192,9 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
         report["n_bright_stars"] = int(len(matched))
         if len(matched):
             report["psf_flux_ratio_median"] = float(np.median(matched[:, 1]))
+            pulls = (matched[:, 1] - 1.0) * matched[:, 2]
+            mad = np.median(np.abs(pulls - np.median(pulls)))
+            report["psf_flux_pull_rms"] = float(1.4826 * mad)
         astrometric = matched[matched[:, 2] >= ASTROM_SNR, 0]
         report["n_astrometry_stars"] = int(len(astrometric))
         if len(astrometric):
@@ -300,6 +308,7 @@ def format_report(report: dict[str, Any]) -> str:
         "astrom_rms_mas": "mas",
         "zp_err_mmag": "mmag",
         "psf_flux_ratio_median": "",
+        "psf_flux_pull_rms": "",
         "psf_size_resid": "",
         "psf_e1_resid": "",
         "psf_e2_resid": "",
@@ -310,6 +319,6 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"report on {', '.join(report['collections'])}: {report['n_calexps']} calexps"]
     for key in REPORT_KEYS:
         value = report.get(key)
-        text = "n/a (no datasets)" if value is None else f"{value:.4g} {units[key]}".rstrip()
+        text = "n/a (no datasets)" if value is None else f"{value:.5g} {units[key]}".rstrip()
         lines.append(f"  {key:<24} {text}")
     return "\n".join(lines)
