@@ -597,6 +597,7 @@ def demo(
     )
     click.echo(format_rows(counts.to_pylist(), "table", ["run", "dataset_type", "n"]))
     click.echo(format_report(score_repository(r, [DEMO_RUN, DEFAULTS])))
+    click.echo(f"as figures: drp report {r.storage.url} --plot report.png")
     if not run.ok:
         sys.exit(1)
 

@@ -400,9 +400,19 @@ def skymap_find(
 @click.argument("repo")
 @collections_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also draw the report (photometry, astrometry, zero points, PSF) into this PNG.",
+)
 @storage_option
 def report(
-    repo: str, collections: Sequence[str], as_json: bool, storage_options: Sequence[str]
+    repo: str,
+    collections: Sequence[str],
+    as_json: bool,
+    plot_path: str | None,
+    storage_options: Sequence[str],
 ) -> None:
     """Score the single-frame outputs in REPO against the simulator's truth.
 
@@ -412,16 +422,23 @@ def report(
     \b
     Examples:
       drp report ./drp-demo
+      drp report ./drp-demo --plot report.png
       drp report ./drp-demo --collections u/me/sfp,SimCam/defaults --json
     """
     import json
 
     from stages.demo import DEFAULTS, DEMO_RUN
-    from stages.report import format_report, score_repository
+    from stages.report import collect_report, format_report
 
     r = open_repo(repo, storage_options)
-    scores = score_repository(r, _split(collections) or [DEMO_RUN, DEFAULTS])
+    data = collect_report(r, _split(collections) or [DEMO_RUN, DEFAULTS])
+    scores = data.report
     click.echo(json.dumps(scores, indent=1) if as_json else format_report(scores))
+    if plot_path:
+        from stages.report_plots import plot_report
+
+        written = plot_report(data, plot_path)
+        click.echo(f"plot: {written}", err=as_json)
 
 
 def _only_instrument(repo: Any) -> str:

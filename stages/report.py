@@ -47,11 +47,12 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from astropy.stats import sigma_clipped_stats
-from astropy.table import Table
+from astropy.table import Table, vstack
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -62,6 +63,9 @@ from . import psf_model  # noqa: F401  (registers the OPTATM PSF type for readin
 from .calib_stages import camera_from_dataset
 from .calibration_products import CalibrationProduct
 from .simulate.truth import masks_from_hdulist
+
+#: Columns of the matched bright stars (:func:`collect_report`).
+MATCHED_COLUMNS = ("x", "y", "dra", "ddec", "offset", "ratio", "snr", "mag")
 
 #: Top-level figures every report has (None when their datasets do not exist).
 REPORT_KEYS = (
@@ -105,7 +109,27 @@ def _find(repo: Repository, dataset_type: str, data_id: dict, collections: list[
         return None
 
 
+@dataclass
+class ReportData:
+    """A report and the star-by-star data behind it (what :mod:`stages.report_plots` draws).
+
+    ``stars``: the bright isolated stars matched to truth in every calexp (columns
+    :data:`MATCHED_COLUMNS` and ``visit``, ``detector``, ``band``); ``psf_stars``: every
+    calexp's ``icPsfStars`` rows with ``visit``, ``detector``.
+    """
+
+    report: dict[str, Any]
+    stars: Table
+    psf_stars: Table
+
+
 def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]:
+    """Score the single-frame outputs in ``collections`` against the truth there (the
+    ``report`` of :func:`collect_report`)."""
+    return collect_report(repo, collections).report
+
+
+def collect_report(repo: Repository, collections: list[str]) -> ReportData:
     """Score the single-frame outputs in ``collections`` against the truth there.
 
     Parameters
@@ -118,9 +142,9 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
 
     Returns
     -------
-    dict
-        :data:`REPORT_KEYS` (None where the needed datasets are missing), ``n_calexps``, and
-        per-calexp detail under ``calexps``.
+    ReportData
+        ``report``: :data:`REPORT_KEYS` (None where the needed datasets are missing),
+        ``n_calexps``, and per-calexp detail under ``calexps``; and the stars behind it.
 
     Raises
     ------
@@ -132,11 +156,12 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
     report["collections"] = list(collections)
     calexp_refs = _refs(repo, "calexp", collections)
     report["n_calexps"] = len(calexp_refs)
-    report.update(_psf_residuals(repo, collections))
+    psf_stars = _psf_stars(repo, collections)
+    report.update(_psf_residuals(psf_stars))
     conditions = _find(repo, "truthVisitConditions", {}, collections)
     if not calexp_refs or conditions is None:
         report["calexps"] = []
-        return report
+        return ReportData(report, _stack([], MATCHED_COLUMNS), psf_stars)
     zp_true = {
         int(v): float(z) for v, z in zip(conditions["visit"], conditions["zero_point"], strict=True)
     }
@@ -162,7 +187,11 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
         flat_image = flats[flat_key]
         src = _find(repo, "src", data_id, collections)
         if src is not None:
-            stars.append(_matched_stars(src, truth))
+            matched = _matched_stars(src, truth)
+            matched["visit"] = np.full(len(matched), row["visit"])
+            matched["detector"] = np.full(len(matched), row["detector"])
+            matched["band"] = np.full(len(matched), row["band"])
+            stars.append(matched)
         if calexp.photo_calib is not None and flat_image is not None and cameras[instrument]:
             true_flat = cameras[instrument].flat(int(data_id["detector"]), row["band"])
             convention = 2.5 * math.log10(float(np.median(true_flat / flat_image)))
@@ -187,15 +216,16 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
                 by_visit.setdefault(r["visit"], []).append(r["zp_err_mag"])
         means = [float(np.mean(v)) for v in by_visit.values()]
         report["zp_err_visit_mmag"] = 1000.0 * math.sqrt(float(np.mean(np.square(means))))
+    matched = _stack(stars, MATCHED_COLUMNS)
     if stars:
-        matched = np.concatenate(stars)
         report["n_bright_stars"] = int(len(matched))
+        ratio, snr = np.asarray(matched["ratio"]), np.asarray(matched["snr"])
         if len(matched):
-            report["psf_flux_ratio_median"] = float(np.median(matched[:, 1]))
-            pulls = (matched[:, 1] - 1.0) * matched[:, 2]
+            report["psf_flux_ratio_median"] = float(np.median(ratio))
+            pulls = (ratio - 1.0) * snr
             mad = np.median(np.abs(pulls - np.median(pulls)))
             report["psf_flux_pull_rms"] = float(1.4826 * mad)
-        astrometric = matched[matched[:, 2] >= ASTROM_SNR, 0]
+        astrometric = np.asarray(matched["offset"])[snr >= ASTROM_SNR]
         report["n_astrometry_stars"] = int(len(astrometric))
         if len(astrometric):
             report["astrom_rms_mas"] = math.sqrt(float(np.mean(astrometric**2)))
@@ -209,29 +239,50 @@ def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]
         report["star_core_pixels"] = int(total)
     if noise:
         report["sky_noise_ratio"] = float(np.median(noise))
-    return report
+    return ReportData(report, matched, psf_stars)
 
 
-def _psf_residuals(repo: Repository, collections: list[str]) -> dict[str, float | None]:
-    """S/N^2-weighted rms of the size and ellipticity residuals of the reserved PSF stars."""
-    names = {"psf_size_resid": "sizeResid", "psf_e1_resid": "e1Resid", "psf_e2_resid": "e2Resid"}
-    tables = [repo.get(ref) for ref in _refs(repo, "icPsfStars", collections)]
+def _stack(tables: list[Table], columns: tuple[str, ...]) -> Table:
     tables = [t for t in tables if len(t)]
     if not tables:
+        return Table({name: np.zeros(0) for name in columns})
+    stacked = vstack(tables, metadata_conflicts="silent")
+    stacked.meta.clear()  # per-calexp summaries (icPsfStars) do not describe the stack
+    return stacked
+
+
+def _psf_stars(repo: Repository, collections: list[str]) -> Table:
+    """Every ``icPsfStars`` row in the collections, with ``visit`` and ``detector``."""
+    tables = []
+    for ref in _refs(repo, "icPsfStars", collections):
+        table = repo.get(ref)
+        if len(table):
+            table["visit"] = np.full(len(table), int(ref.data_id["visit"]))
+            table["detector"] = np.full(len(table), int(ref.data_id["detector"]))
+            tables.append(table)
+    return _stack(tables, ("snr", "reserved", "outlier", "sizeResid", "e1Resid", "e2Resid"))
+
+
+def _psf_residuals(stars: Table) -> dict[str, float | None]:
+    """S/N^2-weighted rms of the size and ellipticity residuals of the reserved PSF stars."""
+    names = {"psf_size_resid": "sizeResid", "psf_e1_resid": "e1Resid", "psf_e2_resid": "e2Resid"}
+    if not len(stars):
         return dict.fromkeys(names)
-    weight = np.concatenate([np.asarray(t["snr"], float) ** 2 for t in tables])
-    check = np.concatenate([np.asarray(t["reserved"] & ~t["outlier"], bool) for t in tables])
+    weight = np.asarray(stars["snr"], float) ** 2
+    check = np.asarray(stars["reserved"], bool) & ~np.asarray(stars["outlier"], bool)
     if not check.any():
         return dict.fromkeys(names)
     out: dict[str, float | None] = {}
     for key, column in names.items():
-        resid = np.concatenate([np.asarray(t[column], float) for t in tables])
+        resid = np.asarray(stars[column], float)
         out[key] = math.sqrt(float(np.sum(weight[check] * resid[check] ** 2) / weight[check].sum()))
     return out
 
 
-def _matched_stars(src: Table, truth: Table) -> np.ndarray:
-    """(n, 3) array: sky offset (mas), psfFlux / true flux and S/N of bright isolated stars."""
+def _matched_stars(src: Table, truth: Table) -> Table:
+    """Bright isolated stars matched to truth: ``x``, ``y`` (pixels), ``dra``, ``ddec`` and
+    ``offset`` (calibrated minus true position on the sky, mas), ``ratio`` (psfFlux / true
+    flux), ``snr`` (psfFlux S/N) and ``mag`` (true AB magnitude)."""
     tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
     tree = cKDTree(np.column_stack([tx, ty]))
     neighbours = tree.query_ball_point(np.column_stack([tx, ty]), ISOLATION_PIXELS)
@@ -245,7 +296,7 @@ def _matched_stars(src: Table, truth: Table) -> np.ndarray:
         if name in src.colnames:
             good &= ~np.asarray(src[name], bool)
     if not good.any() or not star.any():
-        return np.zeros((0, 3))
+        return Table({name: np.zeros(0) for name in MATCHED_COLUMNS})
     sx, sy = np.asarray(src["x"], float)[good], np.asarray(src["y"], float)[good]
     distance, index = tree.query(np.column_stack([sx, sy]), distance_upper_bound=MATCH_PIXELS)
     hit = np.isfinite(distance)
@@ -258,7 +309,18 @@ def _matched_stars(src: Table, truth: Table) -> np.ndarray:
     ddec = (np.asarray(src["coord_dec"], float)[rows] - dec_t) * 3.6e6
     ratio = flux[rows] / np.asarray(truth["flux_nJy"], float)[t]
     snr = flux[rows] / err[rows]
-    return np.column_stack([np.hypot(dra, ddec), ratio, snr])
+    true_flux = np.asarray(truth["flux_nJy"], float)[t]
+    columns = {
+        "x": sx[hit],
+        "y": sy[hit],
+        "dra": dra,
+        "ddec": ddec,
+        "offset": np.hypot(dra, ddec),
+        "ratio": ratio,
+        "snr": snr,
+        "mag": 31.4 - 2.5 * np.log10(true_flux),
+    }
+    return Table(columns)
 
 
 def _cr_pixels(calexp: Any, masks: dict[str, np.ndarray], flat: np.ndarray) -> tuple[int, int]:

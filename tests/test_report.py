@@ -15,6 +15,7 @@ from repo.exposure import Exposure
 from repo.repository import Repository
 from stages.report import (
     REPORT_KEYS,
+    ReportData,
     _cr_pixels,
     _matched_stars,
     _sky_noise_ratio,
@@ -22,6 +23,7 @@ from stages.report import (
     format_report,
     score_repository,
 )
+from stages.report_plots import plot_report
 
 SHAPE = (120, 120)
 
@@ -104,9 +106,13 @@ def test_matched_stars_offsets_and_flux_ratios():
     matched = _matched_stars(src, truth)
     # star 2 (60, 60) has a neighbour within 8 pixels: not isolated; (40, 40) matches nothing
     assert len(matched) == 2
-    np.testing.assert_allclose(matched[:, 0], [36.0, 10.0], rtol=1e-6)
-    np.testing.assert_allclose(matched[:, 1], [1.01, 0.99])
-    np.testing.assert_allclose(matched[:, 2], [1010.0, 66.0])
+    np.testing.assert_allclose(matched["offset"], [36.0, 10.0], rtol=1e-6)
+    np.testing.assert_allclose(matched["ratio"], [1.01, 0.99])
+    np.testing.assert_allclose(matched["snr"], [1010.0, 66.0])
+    np.testing.assert_allclose(matched["dra"], [36.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(matched["ddec"], [0.0, 10.0], atol=1e-6)
+    np.testing.assert_allclose(matched["mag"], [31.4 - 7.5, 31.4 - 2.5 * np.log10(2000.0)])
+    np.testing.assert_allclose(matched["x"], [20.3, 100.0])
 
 
 def test_missing_datasets_give_nulls_never_numbers(tmp_path):
@@ -125,3 +131,65 @@ def test_missing_datasets_give_nulls_never_numbers(tmp_path):
     assert missing.exit_code != 0
     unknown = CliRunner().invoke(cli, ["report", str(tmp_path / "empty"), "--collections", "x/y"])
     assert unknown.exit_code == 1 and "unknown collection 'x/y'" in unknown.output
+
+
+def _report_data(n_stars: int) -> ReportData:
+    rng = np.random.default_rng(3)
+    snr = rng.uniform(50.0, 500.0, n_stars)
+    stars = Table(
+        {
+            "x": rng.uniform(0, 100, n_stars),
+            "y": rng.uniform(0, 100, n_stars),
+            "dra": rng.normal(0, 4, n_stars),
+            "ddec": rng.normal(0, 4, n_stars),
+            "offset": np.zeros(n_stars),
+            "ratio": 1.0 + rng.normal(0, 1, n_stars) / snr,
+            "snr": snr,
+            "mag": rng.uniform(16, 21, n_stars),
+            "visit": rng.integers(1, 4, n_stars),
+            "detector": rng.integers(0, 4, n_stars),
+            "band": rng.choice(["g", "r"], n_stars),
+        }
+    )
+    psf_stars = Table(
+        {
+            "snr": snr,
+            "reserved": rng.random(n_stars) < 0.3,
+            "outlier": np.zeros(n_stars, bool),
+            "sizeResid": rng.normal(0, 0.004, n_stars),
+            "e1Resid": rng.normal(0, 0.005, n_stars),
+            "e2Resid": rng.normal(0, 0.005, n_stars),
+        }
+    )
+    calexps = [
+        {"visit": v, "detector": d, "band": "g", "zp_err_mag": 1e-3 * (v - d)}
+        for v in (1, 2, 3)
+        for d in range(4)
+    ]
+    report = {
+        "n_calexps": len(calexps),
+        "collections": ["a/run"],
+        "calexps": calexps,
+        "astrom_rms_mas": 5.6,
+        "zp_err_mmag": 2.0,
+        "psf_flux_ratio_median": 1.0,
+        "psf_flux_pull_rms": 1.0,
+        "psf_size_resid": 0.004,
+        "psf_e1_resid": 0.005,
+        "psf_e2_resid": 0.005,
+    }
+    return ReportData(report, stars, psf_stars)
+
+
+@pytest.mark.parametrize("n_stars", [200, 0])
+def test_report_plot_is_a_png_of_four_panels(tmp_path, n_stars):
+    """With data, and with none (every panel says so instead of failing)."""
+    import matplotlib.image
+
+    data = _report_data(n_stars)
+    if n_stars == 0:
+        data.report["calexps"] = []
+    path = plot_report(data, tmp_path / "report.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert (width, height) == (1320, 1045)

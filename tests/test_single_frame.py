@@ -174,7 +174,7 @@ def test_rerun_skips_everything(processed):
     assert sum(c["quanta"] for c in counts.values()) == 38
 
 
-def test_drp_report_prints_the_same_figures(processed):
+def test_drp_report_prints_the_same_figures(processed, tmp_path):
     import json
 
     from click.testing import CliRunner
@@ -191,6 +191,12 @@ def test_drp_report_prints_the_same_figures(processed):
     text = CliRunner().invoke(cli, ["report", repo.storage.url])
     assert text.exit_code == 0
     assert f"astrom_rms_mas           {expected['astrom_rms_mas']:.5g} mas" in text.output
+    plotted = CliRunner().invoke(
+        cli, ["report", repo.storage.url, "--plot", str(tmp_path / "r.png")]
+    )
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"plot: {tmp_path / 'r.png'}" in plotted.output
 
 
 def test_master_calibrations_against_the_camera_truth(processed):
