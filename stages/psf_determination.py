@@ -131,7 +131,8 @@ class PsfDeterminationConfig:
 class PsfDeterminationResult:
     """The fitted PSF and how well it describes the stars.
 
-    ``stars`` has one row per selected star: ``x``, ``y``, ``reserved`` (validation star),
+    ``stars`` has one row per selected star whose moments were measured: ``sourceIndex`` (its
+    row in the input catalog), ``x``, ``y``, ``reserved`` (validation star),
     ``used`` (kept in the final fit), measured and model sizes (``size``, ``modelSize``, pixels)
     and ellipticities (``e1``, ``e2``, ``modelE1``, ``modelE2``), and the residuals
     ``sizeResid`` (fractional, model / measured - 1), ``e1Resid``, ``e2Resid`` (model - measured),
@@ -515,6 +516,7 @@ def determine_psf(
         np.minimum(snr, config.snr_cap) ** 2,
     )
     stars = _subset(stars, measured)
+    source_index = np.flatnonzero(selected)[measured]
     n = stars.x.size
     if n < 3:
         raise DrpError(f"PSF determination: only {n} usable PSF stars (need at least 3)")
@@ -540,6 +542,7 @@ def determine_psf(
     outlier = reserved & _outliers(size_resid, stars.weight, used)
     table = Table(
         {
+            "sourceIndex": source_index,
             "x": stars.x,
             "y": stars.y,
             "snr": np.sqrt(stars.weight),

@@ -17,14 +17,16 @@ subset ``singleFrame``) chains them after the calibration stages of :mod:`stages
   which unlike sep's mode estimate is not low on a Poisson sky) subtracted and stored as a
   table; a first detection and
   measurement without PSF, then the PSF (:func:`stages.psf_determination.determine_psf`, optical
-  part from the camera model) attached to the exposure. ``icSrc`` is the first-pass catalog and
+  part from the camera model) attached to the exposure. ``icSrc`` is the first-pass catalog
+  (``calib_psf_candidate``, ``calib_psf_used``, ``calib_psf_reserved`` mark the PSF stars) and
   ``icPsfStars`` the PSF stars with their model residuals (reserved stars validate the model).
 * ``calibrate``: PSF fluxes added to characterize's sources (``icSrc``, measured on the same
   pixels: detecting and measuring again would give the same rows); the WCS fitted to ``refcat`` (stars moved
   to the epoch of the exposure's ``MJD-OBS``) from the raw's approximate WCS; the zero point from
   the astrometric matches' PSF fluxes, aperture-corrected
   (:mod:`stages.aperture_correction`); ``src`` with ``coord_ra``/``coord_dec`` and every flux in
-  nJy (instrumental values kept as ``*InstFlux``); ``calexpSummary`` with seeing, zero point,
+  nJy (instrumental values kept as ``*InstFlux``), ``calib_astrometry_used`` and
+  ``calib_photometry_used`` marking the stars of the fits; ``calexpSummary`` with seeing, zero point,
   depth, astrometric scatter and the numbers of stars used.
 """
 
@@ -216,6 +218,9 @@ class CharacterizeStage(Stage):
         optical = optical_field(cam, detector, band, exposure.shape)
         exposure.metadata.update({"NCRPIX": int(cr_mask.sum()), "CRSIGMA": float(cr_sigma)})
         stars = self._attach_psf(exposure, catalog, optical, cr_sigma)
+        for flag, rows in psf_star_flags(stars).items():
+            catalog[flag] = np.zeros(len(catalog), bool)
+            catalog[flag][rows] = True
         return {
             "ic_exp": exposure,
             "background": background_to_table(model),
@@ -235,6 +240,7 @@ class CharacterizeStage(Stage):
             exposure.psf = GaussianPsf(cr_sigma / CORE_FACTOR)
             exposure.metadata.update({"PSFFALLB": True, "PSFFWHM": exposure.psf.fwhm(0, 0)})
             stars = Table({name: np.zeros(0) for name in ("x", "y", "snr", "sizeResid")})
+            stars["sourceIndex"] = np.zeros(0, int)
             stars["reserved"] = stars["used"] = stars["outlier"] = np.zeros(0, bool)
             stars.meta["fallback"] = str(exc)
             return stars
@@ -253,6 +259,18 @@ class CharacterizeStage(Stage):
         stars = result.stars
         stars.meta.update({k: v for k, v in summary.items() if np.isscalar(v)})
         return stars
+
+
+def psf_star_flags(stars: Table) -> dict[str, np.ndarray]:
+    """Catalog rows (``sourceIndex``) of the PSF stars: ``calib_psf_candidate`` (selected and
+    measured), ``calib_psf_used`` (in the final fit) and ``calib_psf_reserved`` (kept out to
+    validate it), as in LSST's source catalogs."""
+    index = np.asarray(stars["sourceIndex"], int)
+    return {
+        "calib_psf_candidate": index,
+        "calib_psf_used": index[np.asarray(stars["used"], bool)],
+        "calib_psf_reserved": index[np.asarray(stars["reserved"], bool)],
+    }
 
 
 @dataclass(frozen=True)
@@ -355,9 +373,13 @@ class CalibrateStage(Stage):
         exposure.wcs = astrometry.wcs
         exposure.photo_calib = zero_point.photo_calib
         src = calibrate_fluxes(add_sky_coordinates(catalog, astrometry.wcs), zero_point.photo_calib)
-        calib_used = np.zeros(len(catalog), bool)
-        calib_used[chosen[np.asarray(used["source_index"], int)]] = True
-        src["calib_astrometry_used"] = calib_used
+        astrometry_rows = chosen[np.asarray(used["source_index"], int)]
+        for flag, rows in (
+            ("calib_astrometry_used", astrometry_rows),
+            ("calib_photometry_used", astrometry_rows[np.asarray(zero_point.used, bool)]),
+        ):
+            src[flag] = np.zeros(len(src), bool)
+            src[flag][rows] = True
         summary = self._summary(exposure, astrometry, zero_point, len(src), data_id)
         summary.update(apcorr.summary())
         exposure.metadata.update(

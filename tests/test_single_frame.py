@@ -125,6 +125,20 @@ def test_pipeline_writes_every_output(processed):
     assert summary_row["astrometry_stars_used"] >= 3
     assert 0.4 < summary_row["seeing_arcsec"] < 2.0
     assert 20.0 < summary_row["depth_mag"] < 28.0
+    # The stars behind each calibration are marked in src, and agree with the summary.
+    assert src["calib_astrometry_used"].sum() == summary_row["astrometry_stars_used"]
+    assert src["calib_photometry_used"].sum() == summary_row["photometry_stars_used"]
+    assert not (src["calib_photometry_used"] & ~src["calib_astrometry_used"]).any()
+    psf_stars = repo.get("icPsfStars", ref.data_id.subset(("instrument", "visit", "detector")),
+                         collections=DEMO_RUN)  # fmt: skip
+    rows = np.asarray(psf_stars["sourceIndex"])
+    assert src["calib_psf_candidate"].sum() == len(psf_stars) > 0
+    assert np.array_equal(np.flatnonzero(src["calib_psf_used"]), np.sort(rows[psf_stars["used"]]))
+    assert src["calib_psf_reserved"].sum() == psf_stars["reserved"].sum()
+    assert not (src["calib_psf_used"] & src["calib_psf_reserved"]).any()
+    # sourceIndex points at the star: the PSF star's position is its source's, within a pixel
+    offset = np.hypot(src["x"][rows] - psf_stars["x"], src["y"][rows] - psf_stars["y"])
+    assert offset.max() < 1.0
 
 
 def test_flats_are_normalized_over_the_focal_plane(processed):
