@@ -30,6 +30,10 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
     the same for the ellipticity (distortion) residuals, model minus measured. Like the size
     residual, they include the reserved stars' own measurement noise (of order ``1 / (S/N)`` in
     ellipticity), so they reach the model's accuracy only with many bright stars.
+``extendedness_star_completeness``, ``extendedness_galaxy_completeness``
+    of the unblended sources with PSF S/N >= 20 matched to a true unsaturated star (galaxy),
+    the fraction with ``extendedness`` 0 (1): stars kept as point sources, galaxies found
+    extended (the smallest galaxies are not, at any S/N the PSF allows).
 ``cr_recall``
     fraction of the pixels that received cosmic-ray charge above 5 sigma of their noise (the
     calexp's variance plane; charge divided by the flat as ISR does) that carry the CR plane;
@@ -76,6 +80,8 @@ REPORT_KEYS = (
     "psf_size_resid",
     "psf_e1_resid",
     "psf_e2_resid",
+    "extendedness_star_completeness",
+    "extendedness_galaxy_completeness",
     "cr_recall",
     "cr_star_false_rate",
     "sky_noise_ratio",
@@ -84,6 +90,9 @@ REPORT_KEYS = (
 #: Smallest PSF-flux S/N of the stars scored for photometry, and for astrometry (where the
 #: centroid noise of an S/N 50 star, ~7 mas for a 0.9 arcsec FWHM, would dominate the figure).
 BRIGHT_SNR, ASTROM_SNR = 50.0, 100.0
+
+#: Smallest PSF-flux S/N of the sources whose star/galaxy classification is scored.
+CLASSIFICATION_SNR = 20.0
 #: Matching radius to truth (pixels) and isolation radius (pixels, no other true source).
 MATCH_PIXELS, ISOLATION_PIXELS = 1.5, 8.0
 FLAT_DIMS = ("instrument", "physical_filter", "detector")
@@ -167,7 +176,7 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
     }
     cameras: dict[str, Any] = {}
     flats: dict[tuple, np.ndarray | None] = {}
-    rows, stars, cr, cores, noise = [], [], [], [], []
+    rows, stars, cr, cores, noise, classified = [], [], [], [], [], []
     for ref in calexp_refs:
         data_id = {k: ref.data_id[k] for k in ("instrument", "visit", "detector")}
         instrument = data_id["instrument"]
@@ -192,6 +201,7 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
             matched["detector"] = np.full(len(matched), row["detector"])
             matched["band"] = np.full(len(matched), row["band"])
             stars.append(matched)
+            classified.append(_classification_counts(src, truth))
         if calexp.photo_calib is not None and flat_image is not None and cameras[instrument]:
             true_flat = cameras[instrument].flat(int(data_id["detector"]), row["band"])
             convention = 2.5 * math.log10(float(np.median(true_flat / flat_image)))
@@ -229,6 +239,13 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
         report["n_astrometry_stars"] = int(len(astrometric))
         if len(astrometric):
             report["astrom_rms_mas"] = math.sqrt(float(np.mean(astrometric**2)))
+    if classified:
+        star_ok, n_star, galaxy_ok, n_galaxy = np.sum(classified, axis=0)
+        report["extendedness_star_completeness"] = float(star_ok / n_star) if n_star else None
+        report["extendedness_galaxy_completeness"] = (
+            float(galaxy_ok / n_galaxy) if n_galaxy else None
+        )
+        report["extendedness_sources"] = int(n_star + n_galaxy)
     if cr:
         found, total = np.sum(cr, axis=0)
         report["cr_recall"] = float(found / total) if total else None
@@ -277,6 +294,33 @@ def _psf_residuals(stars: Table) -> dict[str, float | None]:
         resid = np.asarray(stars[column], float)
         out[key] = math.sqrt(float(np.sum(weight[check] * resid[check] ** 2) / weight[check].sum()))
     return out
+
+
+def _classification_counts(src: Table, truth: Table) -> tuple[int, int, int, int]:
+    """Unblended sources with PSF S/N >= CLASSIFICATION_SNR matched to a true star (not
+    saturated) or galaxy within MATCH_PIXELS: (stars with extendedness 0, stars, galaxies with
+    extendedness 1, galaxies); sources without an extendedness count as misclassified."""
+    if "extendedness" not in src.colnames or not len(src) or not len(truth):
+        return 0, 0, 0, 0
+    flux, err = np.asarray(src["psfFlux"], float), np.asarray(src["psfFluxErr"], float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        good = np.isfinite(flux / err) & (flux / err >= CLASSIFICATION_SNR)
+    if "flag_blended" in src.colnames:
+        good &= ~np.asarray(src["flag_blended"], bool)
+    tree = cKDTree(np.column_stack([truth["x"], truth["y"]]))
+    distance, index = tree.query(np.column_stack([src["x"], src["y"]]))
+    good &= distance <= MATCH_PIXELS
+    kind = np.asarray(truth["source_type"])[index]
+    saturated = np.asarray(truth["saturated"], bool)[index]
+    ext = np.asarray(src["extendedness"], float)
+    star = good & (kind == "star") & ~saturated
+    galaxy = good & (kind == "galaxy")
+    return (
+        int((ext[star] == 0).sum()),
+        int(star.sum()),
+        int((ext[galaxy] == 1).sum()),
+        int(galaxy.sum()),
+    )
 
 
 def _matched_stars(src: Table, truth: Table) -> Table:
@@ -374,6 +418,8 @@ def format_report(report: dict[str, Any]) -> str:
         "psf_size_resid": "",
         "psf_e1_resid": "",
         "psf_e2_resid": "",
+        "extendedness_star_completeness": "",
+        "extendedness_galaxy_completeness": "",
         "cr_recall": "",
         "cr_star_false_rate": "",
         "sky_noise_ratio": "",

@@ -25,7 +25,8 @@ subset ``singleFrame``) chains them after the calibration stages of :mod:`stages
   to the epoch of the exposure's ``MJD-OBS``) from the raw's approximate WCS; the zero point from
   the astrometric matches' PSF fluxes, aperture-corrected
   (:mod:`stages.aperture_correction`); ``src`` with ``coord_ra``/``coord_dec`` and every flux in
-  nJy (instrumental values kept as ``*InstFlux``), ``calib_astrometry_used`` and
+  nJy (instrumental values kept as ``*InstFlux``), ``extendedness`` (size against the PSF
+  model's, :mod:`stages.classification`), ``calib_astrometry_used`` and
   ``calib_photometry_used`` marking the stars of the fits; ``calexpSummary`` with seeing, zero point,
   depth, astrometric scatter and the numbers of stars used.
 """
@@ -59,6 +60,7 @@ from .background import background_to_table, estimate_background, subtract_backg
 from .base import Connection, Stage
 from .calib_stages import BIAS, CAMERA, DARK, FLAT, VISIT_DIMS, camera_from_dataset
 from .calibration_products import CalibrationProduct, combine_defects
+from .classification import add_extendedness
 from .cosmic_rays import CosmicRayConfig, reject_cosmic_rays
 from .isr import IsrConfig, run_isr
 from .measurement import MeasurementConfig, detect_and_measure, measure_psf_fluxes
@@ -293,6 +295,9 @@ class CalibrateConfig:
         Smallest PSF-flux S/N of a source used for astrometry and photometry.
     depth_snr : float
         S/N of the point-source depth in the summary.
+    extendedness_sigma, extendedness_floor : float
+        A source is extended when its size exceeds the PSF model's by more than this many
+        times ``2 / (S/N)`` and the floor in quadrature (:mod:`stages.classification`).
     """
 
     measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
@@ -301,6 +306,8 @@ class CalibrateConfig:
     photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
     min_calibration_snr: float = 10.0
     depth_snr: float = 5.0
+    extendedness_sigma: float = 3.0
+    extendedness_floor: float = 0.005
 
 
 def calibration_sources(catalog: Table, min_snr: float) -> np.ndarray:
@@ -353,6 +360,13 @@ class CalibrateStage(Stage):
             catalog, exposure.psf, exposure.shape, cfg.aperture_correction
         )
         catalog = apply_aperture_correction(catalog, apcorr)
+        catalog = add_extendedness(
+            catalog,
+            exposure.psf,
+            cfg.measurement.moments_half_size,
+            cfg.extendedness_sigma,
+            cfg.extendedness_floor,
+        )
         chosen = calibration_sources(catalog, cfg.min_calibration_snr)
         candidates = catalog[chosen]
         if "MJD-OBS" not in exposure.metadata:
