@@ -304,7 +304,9 @@ def masks_to_hdulist(masks: dict[str, np.ndarray]) -> fits.HDUList:
     """Truth masks as a FITS file: an empty primary HDU and one image HDU per mask.
 
     The images are tile-compressed without loss (GZIP_2, no quantization of floats): they are
-    mostly zeros, and compression makes them ~70x smaller.
+    mostly zeros, and compression makes them ~70x smaller. Each gzip member records the second
+    it was written, so two writes of the same masks have the same headers and pixels but may
+    differ in those bytes.
     """
     hdus = [fits.PrimaryHDU()]
     for name, dtype in MASK_DTYPES.items():
