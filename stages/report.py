@@ -425,8 +425,9 @@ def format_report(report: dict[str, Any]) -> str:
         "sky_noise_ratio": "",
     }
     lines = [f"report on {', '.join(report['collections'])}: {report['n_calexps']} calexps"]
+    width = max(len(key) for key in REPORT_KEYS)
     for key in REPORT_KEYS:
         value = report.get(key)
         text = "n/a (no datasets)" if value is None else f"{value:.5g} {units[key]}".rstrip()
-        lines.append(f"  {key:<24} {text}")
+        lines.append(f"  {key:<{width}} {text}")
     return "\n".join(lines)
