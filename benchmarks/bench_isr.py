@@ -25,20 +25,16 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from repo.exposure import Exposure  # noqa: E402
-from stages.background import estimate_background, subtract_background  # noqa: E402
-from stages.calibration_products import (  # noqa: E402
+from stages.characterize.background import estimate_background, subtract_background  # noqa: E402
+from stages.characterize.cosmic_rays import find_cosmic_rays, reject_cosmic_rays, repair_cosmic_rays
+from stages.isr.calibration_products import (
     combine_bias,
     combine_dark,
     combine_defects,
     combine_flat,
 )
-from stages.cosmic_rays import (  # noqa: E402
-    find_cosmic_rays,
-    reject_cosmic_rays,
-    repair_cosmic_rays,
-)
-from stages.isr import run_isr  # noqa: E402
-from stages.simulate import (  # noqa: E402
+from stages.isr.correction import run_isr  # noqa: E402
+from stages.simulate import (
     SurveyConfig,
     make_plan,
     make_sky,

@@ -40,8 +40,9 @@ from astropy.stats import sigma_clipped_stats
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from stages.isr import run_isr  # noqa: E402
-from stages.measurement import (  # noqa: E402
+from stages.characterize.psf_determination import determine_psf, optical_field  # noqa: E402
+from stages.isr.correction import run_isr  # noqa: E402
+from stages.measure.measurement import (  # noqa: E402
     MeasurementConfig,
     adaptive_moments,
     aperture_fluxes,
@@ -51,7 +52,6 @@ from stages.measurement import (  # noqa: E402
     psf_fluxes,
     windowed_centroids,
 )
-from stages.psf_determination import determine_psf, optical_field  # noqa: E402
 from stages.simulate import SurveyConfig, make_plan, make_sky, simulate_raw  # noqa: E402
 from stages.simulate.render import sky_image  # noqa: E402
 

@@ -52,11 +52,11 @@ from repo.regions import ConvexPolygon  # noqa: E402
 from repo.registry import dataset_id_for  # noqa: E402
 from repo.repository import Repository, software_versions  # noqa: E402
 from repo.skymap import RingsSkyMap, SkyMapConfig  # noqa: E402
-from stages.executors import ProcessPoolExecutor, execute_graph, run_graph  # noqa: E402
-from stages.graph import build_graph  # noqa: E402
-from stages.pipeline import Pipeline, StageDef  # noqa: E402
-from stages.runner import prepare_run  # noqa: E402
-from stages.skymap_setup import register_skymap  # noqa: E402
+from stages.framework.executors import ProcessPoolExecutor, execute_graph, run_graph  # noqa: E402
+from stages.framework.graph import build_graph  # noqa: E402
+from stages.framework.pipeline import Pipeline, StageDef  # noqa: E402
+from stages.framework.runner import prepare_run  # noqa: E402
+from stages.framework.skymap_setup import register_skymap  # noqa: E402
 
 BANDS = ("g", "r", "i")
 DETECTOR_SIZE_DEG = 0.15

@@ -565,7 +565,7 @@ def demo(
     import time
 
     from stages.demo import DEFAULTS, DEMO_PIPELINE, DEMO_RUN, process_survey, simulate_survey
-    from stages.report import format_report, score_repository
+    from stages.quality.report import format_report, score_repository
     from stages.simulate import SurveyConfig
 
     options = {

@@ -115,10 +115,10 @@ def run(
       drp run ./repo my.yaml --input raw --output u/me/run --where "tract = 0 AND band = 'r'"
       drp run s3://bucket/survey drp --input raw --output run1 --dask tcp://sched:8786
     """
-    from stages.executors import run_graph
-    from stages.graph import build_graph
-    from stages.pipeline import Pipeline
-    from stages.progress import make_progress
+    from stages.framework.executors import run_graph
+    from stages.framework.graph import build_graph
+    from stages.framework.pipeline import Pipeline
+    from stages.framework.progress import make_progress
 
     pipe = Pipeline.load(pipeline, list(overrides))
     r = open_repo(repo, storage_options)
@@ -163,7 +163,7 @@ def pipeline_show(pipeline: str, overrides: Sequence[str]) -> None:
 
     Example: drp pipeline show drp#singleFrame --config isr.do_flat=false
     """
-    from stages.pipeline import Pipeline
+    from stages.framework.pipeline import Pipeline
 
     click.echo(Pipeline.load(pipeline, list(overrides)).describe())
 
@@ -191,7 +191,7 @@ def provenance(
 
     Example: drp provenance ./repo coadd --collections u/me/run --where "tract = 0 AND patch = 5"
     """
-    from stages.provenance import trace_provenance
+    from stages.framework.provenance import trace_provenance
 
     r = open_repo(repo, storage_options)
     refs = r.query_datasets(
@@ -255,7 +255,7 @@ def skymap_register(
 ) -> None:
     """Register a sky map (its skymap record, and tract and patch records for the tracts
     asked for and those the repository's visits overlap)."""
-    from stages.skymap_setup import PRESETS, register_skymap
+    from stages.framework.skymap_setup import PRESETS, register_skymap
 
     if config_file:
         with open(config_file, encoding="utf-8") as f:
@@ -283,7 +283,7 @@ def skymap_show(
     ctx: click.Context, name: str | None, tract: int | None, patch: int | None, fmt: str
 ) -> None:
     """Show a registered sky map, one of its tracts, or one of its patches."""
-    from stages.skymap_setup import load_skymap
+    from stages.framework.skymap_setup import load_skymap
 
     r = _skymap_repo(ctx)
     sky = load_skymap(r, name)
@@ -363,8 +363,8 @@ def skymap_find(
       drp skymap ./repo find --region "[[150,2],[151,2],[151,3],[150,3]]"
       drp skymap ./repo find --visit 12 --detector 3
     """
-    from stages.overlaps import RegionOverlaps
-    from stages.skymap_setup import find_region_patches, load_skymap
+    from stages.framework.overlaps import RegionOverlaps
+    from stages.framework.skymap_setup import find_region_patches, load_skymap
 
     chosen = sum(x is not None for x in (region, visit)) + (ra is not None or dec is not None)
     if chosen != 1:
@@ -428,14 +428,14 @@ def report(
     import json
 
     from stages.demo import DEFAULTS, DEMO_RUN
-    from stages.report import collect_report, format_report
+    from stages.quality.report import collect_report, format_report
 
     r = open_repo(repo, storage_options)
     data = collect_report(r, _split(collections) or [DEMO_RUN, DEFAULTS])
     scores = data.report
     click.echo(json.dumps(scores, indent=1) if as_json else format_report(scores))
     if plot_path:
-        from stages.report_plots import plot_report
+        from stages.quality.plots import plot_report
 
         written = plot_report(data, plot_path)
         click.echo(f"plot: {written}", err=as_json)

@@ -76,7 +76,7 @@ class Psf(ABC):
         """Fraction of the PSF's flux within ``radius`` pixels of its centre at ``(x, y)``.
 
         Exact overlap of the circle with the pixels (as the circular apertures of
-        :mod:`stages.measurement`). This version sums the unit-sum kernel image, so it cannot
+        :mod:`stages.measure.measurement`). This version sums the unit-sum kernel image, so it cannot
         see flux beyond the kernel's edge; models that know their wings override it.
         """
         import sep

@@ -40,9 +40,9 @@ from typing import Any
 from repo.errors import DrpError
 from repo.registry import Provenance
 from repo.repository import Repository
+from stages.simulate.truth import masks_to_hdulist
 
 from .simulate import SurveyConfig, make_plan, make_sky, simulate_calibration_frames, simulate_raw
-from .simulate.truth import masks_to_hdulist
 
 log = logging.getLogger(__name__)
 
@@ -277,19 +277,19 @@ def process_survey(
     jobs
         Worker processes (0: one per core; 1: serially in this process).
     progress
-        A :class:`stages.progress.Progress` (default: bars on a terminal, log lines otherwise).
+        A :class:`stages.framework.progress.Progress` (default: bars on a terminal, log lines otherwise).
     output_run
         The run written.
 
     Returns
     -------
-    stages.executors.RunSummary
+    stages.framework.executors.RunSummary
         What ran, was skipped or failed.
     """
-    from .executors import run_graph
-    from .graph import build_graph
-    from .pipeline import Pipeline
-    from .progress import make_progress
+    from stages.framework.executors import run_graph
+    from stages.framework.graph import build_graph
+    from stages.framework.pipeline import Pipeline
+    from stages.framework.progress import make_progress
 
     graph = build_graph(
         repo, Pipeline.load(DEMO_PIPELINE), output_run=output_run, inputs=[DEFAULTS]

@@ -12,8 +12,8 @@ import numpy as np
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 
-from stages.calibration_products import combine_bias, combine_dark, combine_flat
-from stages.isr import run_isr
+from stages.isr.calibration_products import combine_bias, combine_dark, combine_flat
+from stages.isr.correction import run_isr
 from stages.simulate import simulate_calibration_frames, simulate_raw
 from stages.simulate.render import sky_image
 from stages.simulate.truth import visit_sources

@@ -25,8 +25,8 @@ import pyarrow as pa
 from repo.regions import ConvexPolygon
 from repo.repository import Repository
 from repo.skymap import SkyMapConfig
-from stages.base import Connection, Stage
-from stages.skymap_setup import register_skymap
+from stages.framework.base import Connection, Stage
+from stages.framework.skymap_setup import register_skymap
 
 VD = ("instrument", "visit", "detector")
 SHAPE = (8, 8)

@@ -3,7 +3,7 @@
 The image: a star field (40 isolated stars of 16.5-18.5 mag plus the survey's galaxies) on a
 tiny-preset detector, reduced by the project's ISR with the camera's true calibrations, minus the
 true sky (``simulated.isr_with_true_calibrations``); its PSF fitted by
-:func:`stages.psf_determination.determine_psf`.
+:func:`stages.characterize.psf_determination.determine_psf`.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from simulated import isr_with_true_calibrations
 
 from repo.errors import DrpError
 from repo.psf import GaussianPsf
-from stages.aperture_correction import (
+from stages.characterize.psf_determination import determine_psf, optical_field
+from stages.characterize.psf_model import MoffatField, OpticalAtmospherePsf
+from stages.measure.aperture_correction import (
     ApertureCorrection,
     ApertureCorrectionConfig,
     apply_aperture_correction,
     measure_aperture_correction,
 )
-from stages.measurement import detect_and_measure
-from stages.psf_determination import determine_psf, optical_field
-from stages.psf_model import MoffatField, OpticalAtmospherePsf
+from stages.measure.measurement import detect_and_measure
 from stages.simulate import SurveyConfig, make_plan, make_sky
 
 SEED = 5

@@ -1,4 +1,4 @@
-"""Astrometric calibration (stages.astrometry, stages.refcat) against the simulator's truth.
+"""Astrometric calibration (stages.calibrate.astrometry, stages.calibrate.refcat) against the simulator's truth.
 
 Source catalogs are made from the truth tables of the default-preset survey with realistic
 centroid noise (sigma = FWHM / (2.355 S/N) per axis, S/N from the star's electrons and the sky
@@ -18,7 +18,7 @@ from simulated import noisy_sources, star_truth
 
 from repo.errors import DrpError
 from repo.instruments.simcam import inverse_gnomonic
-from stages.astrometry import (
+from stages.calibrate.astrometry import (
     AstrometryConfig,
     add_sky_coordinates,
     calibrate_astrometry,
@@ -26,7 +26,7 @@ from stages.astrometry import (
     fit_tan_sip,
     sky_residuals_mas,
 )
-from stages.refcat import apply_proper_motion, mjd_to_epoch, select_region
+from stages.calibrate.refcat import apply_proper_motion, mjd_to_epoch, select_region
 from stages.simulate import SurveyConfig, make_plan, make_sky
 from stages.simulate.sky import star_positions
 from stages.simulate.truth import visit_sources
@@ -235,7 +235,7 @@ def test_sky_coordinates_columns(survey):
 def test_end_to_end_with_sep_on_a_rendered_image(survey):
     """Render a detector (GalSim, Poisson noise), extract with sep, calibrate from 30 arcsec off."""
     sep = pytest.importorskip("sep")
-    from stages.photometry import calibrate_photometry
+    from stages.calibrate.photometry import calibrate_photometry
     from stages.simulate.render import render_sources, sky_image
 
     config, plan, sky = survey
@@ -305,7 +305,7 @@ def _write_shard(path, **overrides):
 
 
 def test_read_gaia_shards(tmp_path):
-    from stages.refcat import read_gaia_shards
+    from stages.calibrate.refcat import read_gaia_shards
 
     _write_shard(tmp_path / "chunk-00001.fits")
     _write_shard(tmp_path / "chunk-00002.fits", source_id=np.array([13, 14, 15]))

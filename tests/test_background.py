@@ -16,7 +16,7 @@ from simulated import master_calibrations
 
 from repo.errors import CorruptDatasetError, DrpError
 from repo.exposure import Exposure
-from stages.background import (
+from stages.characterize.background import (
     BackgroundModel,
     background_from_table,
     background_of_image,
@@ -25,15 +25,10 @@ from stages.background import (
     estimate_background,
     subtract_background,
 )
-from stages.calibration_products import combine_defects
-from stages.cosmic_rays import reject_cosmic_rays
-from stages.isr import run_isr
-from stages.simulate import (
-    SurveyConfig,
-    make_plan,
-    make_sky,
-    simulate_raw,
-)
+from stages.characterize.cosmic_rays import reject_cosmic_rays
+from stages.isr.calibration_products import combine_defects
+from stages.isr.correction import run_isr
+from stages.simulate import SurveyConfig, make_plan, make_sky, simulate_raw
 from stages.simulate.render import sky_image
 from stages.simulate.truth import visit_sources
 

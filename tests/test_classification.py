@@ -1,4 +1,4 @@
-"""Star/galaxy classification (stages.classification) on images with known answers."""
+"""Star/galaxy classification (stages.measure.classification) on images with known answers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from test_measurement import gaussian_image, grid_stars
 from repo.errors import DrpError
 from repo.exposure import Exposure
 from repo.psf import GaussianPsf
-from stages.classification import add_extendedness, psf_moments
-from stages.measurement import detect_and_measure
+from stages.measure.classification import add_extendedness, psf_moments
+from stages.measure.measurement import detect_and_measure
 
 PSF_SIGMA = 1.6
 

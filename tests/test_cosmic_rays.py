@@ -9,8 +9,7 @@ from simulated import master_calibrations
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-from stages.calibration_products import combine_defects
-from stages.cosmic_rays import (
+from stages.characterize.cosmic_rays import (
     CosmicRayConfig,
     estimate_psf_sigma,
     find_cosmic_rays,
@@ -18,13 +17,9 @@ from stages.cosmic_rays import (
     reject_cosmic_rays,
     repair_cosmic_rays,
 )
-from stages.isr import run_isr
-from stages.simulate import (
-    SurveyConfig,
-    make_plan,
-    make_sky,
-    simulate_raw,
-)
+from stages.isr.calibration_products import combine_defects
+from stages.isr.correction import run_isr
+from stages.simulate import SurveyConfig, make_plan, make_sky, simulate_raw
 from stages.simulate.render import sky_image
 from stages.simulate.truth import visit_sources
 

@@ -11,7 +11,7 @@ With one saturated star the comparison is necessarily coarse, and the tolerances
 
 * position: the star's centre is the centre of symmetry of its unsaturated wings (a Moffat fit
   to the pixels beside the bleed columns); the CP WCS is refitted with
-  :func:`stages.astrometry.calibrate_astrometry` (one star: a shift of CRVAL, the TPV terms
+  :func:`stages.calibrate.astrometry.calibrate_astrometry` (one star: a shift of CRVAL, the TPV terms
   kept) and the shift is compared with the Legacy Surveys' median offset. Single-star effects
   of ~0.1-0.3 arcsec remain: a blue star at airmass ~2 is displaced by differential chromatic
   refraction (largest in g), and the bleed trail weakens the centroid along y.
@@ -32,9 +32,9 @@ from scipy.ndimage import binary_dilation, map_coordinates
 from scipy.optimize import least_squares
 
 from repo.instruments.decam import group_cp_files, read_cp_triplet
-from stages.astrometry import AstrometryConfig, calibrate_astrometry, sky_residuals_mas
-from stages.photometry import GAIA_TO_DECAM, PhotometryConfig, calibrate_photometry
-from stages.refcat import apply_proper_motion, mjd_to_epoch, read_gaia_shards
+from stages.calibrate.astrometry import AstrometryConfig, calibrate_astrometry, sky_residuals_mas
+from stages.calibrate.photometry import GAIA_TO_DECAM, PhotometryConfig, calibrate_photometry
+from stages.calibrate.refcat import apply_proper_motion, mjd_to_epoch, read_gaia_shards
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "decam-legacypipe-tc6"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is not available")

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from repo.errors import DrpError
 from repo.formatters.fits import read_exposure, write_exposure
-from stages.calibration_products import (
+from stages.isr.calibration_products import (
     CalibrationProduct,
     clipped_mean,
     combine_bias,
@@ -19,7 +19,7 @@ from stages.calibration_products import (
     combine_flat,
     normalize_flats,
 )
-from stages.isr import IsrConfig, amplifier_readout, parse_section, run_isr
+from stages.isr.correction import IsrConfig, amplifier_readout, parse_section, run_isr
 from stages.simulate import (
     SurveyConfig,
     make_plan,

@@ -19,14 +19,14 @@ from repo.errors import DrpError
 from repo.exposure import Exposure
 from repo.formatters.parquet import read_catalog, write_catalog
 from repo.psf import GaussianPsf, adaptive_sigma
-from stages.measurement import (
+from stages.characterize.psf_determination import determine_psf, optical_field, select_psf_stars
+from stages.measure.measurement import (
     SOURCE_COLUMNS,
     MeasurementConfig,
     adaptive_moments,
     adaptive_moments_of_stamps,
     detect_and_measure,
 )
-from stages.psf_determination import determine_psf, optical_field, select_psf_stars
 from stages.simulate import SurveyConfig, make_plan, make_sky
 
 NTT = Path("/work/shared/data/sep-ntt")
@@ -401,7 +401,7 @@ def test_saturated_stars_are_flagged(survey):
 
 
 def test_measurements_in_chunks_equal_one_pass(monkeypatch):
-    import stages.measurement as measurement
+    import stages.measure.measurement as measurement
 
     rng = np.random.default_rng(3)
     stars = grid_stars(6, 30.0, 5e3, rng)

@@ -1,4 +1,4 @@
-"""Photometric calibration (stages.photometry) against the simulator's truth and known answers.
+"""Photometric calibration (stages.calibrate.photometry) against the simulator's truth and known answers.
 
 The instrumental fluxes are the truth's electrons at unit flat response (what a calexp holds
 when its flat is normalized to 1 on the optical axis) plus Poisson and sky noise, so the fitted
@@ -16,8 +16,8 @@ from simulated import noisy_sources, star_truth
 
 from repo.errors import DrpError
 from repo.exposure import PhotoCalib
-from stages.astrometry import calibrate_astrometry
-from stages.photometry import (
+from stages.calibrate.astrometry import calibrate_astrometry
+from stages.calibrate.photometry import (
     GAIA_TO_DECAM,
     ColorTerm,
     PhotometryConfig,
@@ -26,7 +26,7 @@ from stages.photometry import (
     fit_zero_point,
     reference_magnitudes,
 )
-from stages.refcat import mjd_to_epoch
+from stages.calibrate.refcat import mjd_to_epoch
 from stages.simulate import SurveyConfig, make_plan, make_sky
 
 SATURATION_ELECTRONS = 1.5e6

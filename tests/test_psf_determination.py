@@ -1,6 +1,6 @@
 """Tests of the PSF model and its determination against the simulator's true PSF.
 
-Calibrated images come from the project's ISR (:func:`stages.isr.run_isr`) with the camera's
+Calibrated images come from the project's ISR (:func:`stages.isr.correction.run_isr`) with the camera's
 true calibrations (bias structure, dark current, flat), minus the true sky, so that these tests
 score the PSF code alone. The star fields hold 40 stars of 16.5-18.5 mag at random isolated
 positions plus the survey's galaxies.
@@ -23,15 +23,19 @@ from simulated import isr_with_true_calibrations
 from repo.errors import CorruptDatasetError, DrpError
 from repo.formatters.fits import read_exposure, write_exposure
 from repo.psf import Psf, adaptive_sigma
-from stages.measurement import adaptive_moments_of_stamps, detect_and_measure, measure_psf_fluxes
-from stages.psf_determination import (
+from stages.characterize.psf_determination import (
     PsfDeterminationConfig,
     characterize,
     determine_psf,
     optical_field,
     select_psf_stars,
 )
-from stages.psf_model import MoffatField, OpticalAtmospherePsf, OpticalField
+from stages.characterize.psf_model import MoffatField, OpticalAtmospherePsf, OpticalField
+from stages.measure.measurement import (
+    adaptive_moments_of_stamps,
+    detect_and_measure,
+    measure_psf_fluxes,
+)
 from stages.simulate import SurveyConfig, make_plan, make_sky, psf_image
 
 SEED = 5
@@ -204,7 +208,7 @@ def test_calexp_with_fitted_psf_reads_in_a_process_that_never_imported_stages(fi
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [
-        "stages.psf_model",
+        "stages.characterize.psf_model",
         f"{round(result.psf.sigma(100.0, 100.0), 6)}",
     ]
 
@@ -272,7 +276,7 @@ def test_characterize_measures_psf_fluxes_with_the_fitted_model(survey, fitted):
 def test_many_stars_use_interpolated_model_moments(survey, fitted, monkeypatch):
     """Beyond GRID_NODES^2 stars the fit draws the model on a grid, not at every star: same
     answer as drawing it at each star (forced here with a grid larger than the ~27 stars)."""
-    import stages.psf_determination as psf_determination
+    import stages.characterize.psf_determination as psf_determination
 
     plan, _ = survey
     visit, exposure, catalog, _, gridded = fitted[0]

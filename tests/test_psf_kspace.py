@@ -1,4 +1,4 @@
-"""The Fourier-space PSF drawing (stages.psf_kspace) against GalSim's drawing of the same
+"""The Fourier-space PSF drawing (stages.characterize.psf_kspace) against GalSim's drawing of the same
 profiles (what the simulator draws stars with), made with tight accuracy settings so that it is
 the exact image to 1e-7 of the peak (GalSim's defaults are good to about 4e-5)."""
 
@@ -8,7 +8,7 @@ import galsim
 import numpy as np
 import pytest
 
-from stages.psf_kspace import draw_kernels, moffat_transform_table
+from stages.characterize.psf_kspace import draw_kernels, moffat_transform_table
 
 GSPARAMS = galsim.GSParams(folding_threshold=1e-5, maxk_threshold=1e-7)
 

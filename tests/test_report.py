@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from cli.main import cli
 from repo.exposure import Exposure
 from repo.repository import Repository
-from stages.report import (
+from stages.quality.plots import plot_report
+from stages.quality.report import (
     REPORT_KEYS,
     ReportData,
     _cr_pixels,
@@ -23,7 +24,6 @@ from stages.report import (
     format_report,
     score_repository,
 )
-from stages.report_plots import plot_report
 
 SHAPE = (120, 120)
 

@@ -11,14 +11,14 @@ import pytest
 
 from repo.errors import DrpError
 from repo.repository import Repository
-from stages.calib_stages import apply_flat_scale, camera_from_dataset
-from stages.calibration_products import CalibrationProduct, combine_defects, normalize_flats
+from stages.calibrate.stages import calibration_sources, min_optical_psf_sigma
 from stages.demo import DEFAULTS, DEMO_RUN, process_survey, simulate_survey
-from stages.graph import build_graph
-from stages.pipeline import Pipeline
-from stages.report import REPORT_KEYS, score_repository
+from stages.framework.graph import build_graph
+from stages.framework.pipeline import Pipeline
+from stages.isr.calibration_products import CalibrationProduct, combine_defects, normalize_flats
+from stages.isr.stages import apply_flat_scale, camera_from_dataset
+from stages.quality.report import REPORT_KEYS, score_repository
 from stages.simulate import SurveyConfig
-from stages.single_frame import calibration_sources, min_optical_psf_sigma
 
 #: The tiny preset with a denser star field: a 256 x 256 detector of the plain tiny preset
 #: holds 3-6 reference stars, too few to test calibration tolerances on.
@@ -248,8 +248,8 @@ def test_master_calibrations_against_the_camera_truth(processed):
 
 def test_characterize_falls_back_to_a_gaussian_without_psf_stars(processed):
     from repo.psf import GaussianPsf
-    from stages.psf_determination import PsfDeterminationConfig
-    from stages.single_frame import CharacterizeConfig, CharacterizeStage
+    from stages.calibrate.stages import CharacterizeConfig, CharacterizeStage
+    from stages.characterize.psf_determination import PsfDeterminationConfig
 
     repo, _ = processed
     ref = repo.query_datasets("postISRCCD", collections=DEMO_RUN)[0]

@@ -28,12 +28,12 @@ from repo.errors import (
 from repo.regions import ConvexPolygon
 from repo.repository import Repository
 from repo.skymap import RingsSkyMap
-from stages.base import Connection, Stage
-from stages.graph import NothingSelectedError, build_graph, quantum_id_for
-from stages.overlaps import MissingRegionError, find_polygon_patches
-from stages.pipeline import Pipeline, StageDef
-from stages.runner import make_spec
-from stages.skymap_setup import ensure_tract_records
+from stages.framework.base import Connection, Stage
+from stages.framework.graph import NothingSelectedError, build_graph, quantum_id_for
+from stages.framework.overlaps import MissingRegionError, find_polygon_patches
+from stages.framework.pipeline import Pipeline, StageDef
+from stages.framework.runner import make_spec
+from stages.framework.skymap_setup import ensure_tract_records
 
 SKY = RingsSkyMap(TOY_SKYMAP)
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from stages_toys import VD, Calibrate, CalibrateConfig, toy_pipeline_yaml
 
 from cli.main import cli
-from stages.base import (
+from stages.framework.base import (
     ConfigError,
     Connection,
     NoConfig,
@@ -23,7 +23,7 @@ from stages.base import (
     config_hash,
     config_json,
 )
-from stages.pipeline import Pipeline, StageDef, packaged_pipelines
+from stages.framework.pipeline import Pipeline, StageDef, packaged_pipelines
 
 # -- configs ---------------------------------------------------------------------------------------
 

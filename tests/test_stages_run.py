@@ -20,10 +20,10 @@ from stages_toys import TESTS_DIR, make_toy_repo, toy_pipeline_yaml
 
 from cli.main import cli
 from repo.repository import Repository
-from stages.executors import run_graph
-from stages.graph import ConfigChangedError, build_graph
-from stages.pipeline import Pipeline
-from stages.provenance import trace_provenance
+from stages.framework.executors import run_graph
+from stages.framework.graph import ConfigChangedError, build_graph
+from stages.framework.pipeline import Pipeline
+from stages.framework.provenance import trace_provenance
 
 ROOT = os.path.dirname(TESTS_DIR)
 OUTPUT_TYPES = ["calexp", "src", "visitSummary", "warp", "coadd"]
@@ -377,7 +377,7 @@ def test_resume_after_sigkill_runs_exactly_the_missing_quanta(tmp_path):
 def test_log_progress_reports_each_tenth_failures_and_completion():
     import io
 
-    from stages.progress import LogProgress, TqdmProgress, make_progress
+    from stages.framework.progress import LogProgress, TqdmProgress, make_progress
 
     out = io.StringIO()
     progress = LogProgress(out)
@@ -404,7 +404,7 @@ def test_log_progress_reports_each_tenth_failures_and_completion():
 
 
 def test_worker_repository_is_cached_and_reopened_periodically(tmp_path):
-    from stages import runner
+    from stages.framework import runner
 
     url = str(tmp_path / "repo")
     Repository.create(url)

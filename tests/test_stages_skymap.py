@@ -12,7 +12,7 @@ from cli.main import cli
 from repo.errors import DimensionRecordError
 from repo.regions import Circle, ConvexPolygon
 from repo.skymap import RingsSkyMap, SkyMapConfig
-from stages.skymap_setup import load_skymap, register_skymap
+from stages.framework.skymap_setup import load_skymap, register_skymap
 
 TEST_MAP = RingsSkyMap(SkyMapConfig.test())
 

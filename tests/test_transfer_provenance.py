@@ -3,10 +3,10 @@
 from stages_toys import make_toy_repo, toy_pipeline_yaml
 
 from repo.repository import Repository, transfer
-from stages.executors import run_graph
-from stages.graph import build_graph
-from stages.pipeline import Pipeline
-from stages.provenance import trace_provenance
+from stages.framework.executors import run_graph
+from stages.framework.graph import build_graph
+from stages.framework.pipeline import Pipeline
+from stages.framework.provenance import trace_provenance
 
 
 def test_transfer_copies_quantum_records_and_compaction_keeps_them(tmp_path):

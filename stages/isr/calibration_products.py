@@ -1,6 +1,6 @@
 """Master calibrations: bias, dark and flat combined from raw calibration frames, with defects.
 
-Each frame goes through the first steps of ISR (:func:`stages.isr.assemble`: overscan, assembly,
+Each frame goes through the first steps of ISR (:func:`stages.isr.correction.assemble`: overscan, assembly,
 gain), so every master is in **electrons**, and the frames are combined pixel by pixel with a
 clipped mean whose clipping scale is the *expected* noise of a pixel (read noise and Poisson
 noise of its median value), not the scatter of the few frames, which is too noisy to clip on
@@ -19,7 +19,7 @@ with three to five frames. Cosmic rays, which hit a pixel in one frame, are reje
   Dead pixels (response below ``dead_threshold`` of their row neighbours) are defects.
 
 Every product carries the variance of its mean (from the noise model and the number of frames
-kept), which :func:`stages.isr.run_isr` adds to the variance plane.
+kept), which :func:`stages.isr.correction.run_isr` adds to the variance plane.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from astropy.io import fits
 
 from repo.errors import DrpError
 
-from .isr import DEFAULT_ISR_CONFIG, AssembledRaw, IsrConfig, assemble
+from .correction import DEFAULT_ISR_CONFIG, AssembledRaw, IsrConfig, assemble
 
 #: Clipping threshold (expected sigmas from the median) of the frame combination.
 CLIP_SIGMA = 5.0

@@ -6,7 +6,7 @@ fraction, 2% in that case. The aperture correction measures that fraction on the
 stars and removes it, as survey pipelines do (SDSS, Pan-STARRS, LSST):
 
 1. on bright, isolated, unflagged stars of the stellar locus (the PSF-star selection of
-   :func:`stages.psf_determination.select_psf_stars`, with an isolation radius beyond the
+   :func:`stages.characterize.psf_determination.select_psf_stars`, with an isolation radius beyond the
    aperture), the ratio of the flux in a large circular aperture (``radius``, 12 pixels by
    default: LSST's calibration aperture) to the PSF flux is fitted as a polynomial over the
    detector (a constant by default), each star weighted by the inverse variance of its ratio,
@@ -39,10 +39,10 @@ from astropy.table import Table
 
 from repo.errors import DrpError
 from repo.psf import Psf
+from stages.characterize.psf_determination import PsfDeterminationConfig, select_psf_stars
+from stages.characterize.psf_model import n_polynomial_terms, polynomial_terms
 
 from .measurement import aperture_name
-from .psf_determination import PsfDeterminationConfig, select_psf_stars
-from .psf_model import n_polynomial_terms, polynomial_terms
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ApertureCorrection:
     """The fitted correction of one exposure.
 
     ``ratio_coeffs`` are the polynomial coefficients (terms of
-    :func:`stages.psf_model.polynomial_terms` in ``u, v`` normalized to [-1, 1] over the
+    :func:`stages.characterize.psf_model.polynomial_terms` in ``u, v`` normalized to [-1, 1] over the
     detector) of aperture flux / PSF flux; ``enclosed`` the PSF model's fraction of flux within
     the aperture at the detector centre; ``covariance`` that of the coefficients.
     """
@@ -147,7 +147,7 @@ def measure_aperture_correction(
     Parameters
     ----------
     catalog : astropy.table.Table
-        Sources of :func:`stages.measurement.detect_and_measure` with a PSF: ``psfFlux`` and
+        Sources of :func:`stages.measure.measurement.detect_and_measure` with a PSF: ``psfFlux`` and
         the reference aperture's ``apNNFlux`` columns, instrumental units.
     psf : repo.psf.Psf
         The exposure's PSF model (for the enclosed fraction).

@@ -6,7 +6,7 @@ geometry rebuilds the :class:`~repo.skymap.RingsSkyMap` from the configuration i
 (:func:`load_skymap`), so every process and machine uses exactly the registered tessellation.
 
 Tract and patch records are written for the tracts asked for, for the tracts that the repository's
-visits overlap, and by :mod:`stages.graph` before a run for the tracts its quanta use; writing them
+visits overlap, and by :mod:`stages.framework.graph` before a run for the tracts its quanta use; writing them
 again is harmless (identical records are skipped).
 """
 

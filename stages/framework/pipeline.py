@@ -5,12 +5,12 @@ A pipeline file looks like::
     description: Single-frame processing and co-addition
     stages:
       isr:
-        class: stages.isr.IsrStage        # module.Class of a Stage subclass
+        class: stages.isr.stages.IsrStage            # module.Class of a Stage subclass
         config:                           # overrides of the stage's config dataclass
           do_flat: true
         where: "visit.observation_type = 'science'"   # optional: this stage's own constraint
       calibrate:
-        class: stages.calibrate.CalibrateStage
+        class: stages.calibrate.stages.CalibrateStage
     subsets:
       singleFrame: [isr, calibrate]
 
@@ -19,7 +19,7 @@ is a file path or the name of a pipeline shipped in ``stages/pipelines/`` (``drp
 overrides from the command line (``label.key=value``) apply on top of the file's.
 
 Loading validates everything that can be checked without a repository: that every class is a
-stage, its declarations (:meth:`stages.base.Stage.validate`), that a dataset type means the same
+stage, its declarations (:meth:`stages.framework.base.Stage.validate`), that a dataset type means the same
 thing to every stage that uses it, that each is produced by at most one stage, that no prerequisite
 is produced by the pipeline, that there is no cycle, and that every config key exists.
 """

@@ -1,9 +1,9 @@
 """Pipeline stages that build the master calibrations (bias, dark, flat) from raw frames.
 
-Thin shells around :mod:`stages.calibration_products`; in the default pipeline
+Thin shells around :mod:`stages.isr.calibration_products`; in the default pipeline
 (``stages/pipelines/drp.yaml``) each is selected to its raws by a ``where:`` on
 ``visit.observation_type``, and the masters are written in the output run, where the ISR
-stage (:mod:`stages.single_frame`) finds them as regular inputs::
+stage (:mod:`stages.calibrate.stages`) finds them as regular inputs::
 
     raw (bias)  --bias (instrument, detector)------------------------------> bias
     raw (dark)  --dark (instrument, detector; + bias)----------------------> dark
@@ -17,7 +17,7 @@ Flats are normalized over the **focal plane** per band (the convention of the si
 point, and what keeps the vignetting between detectors in the flat): a stage's outputs must have
 its quantum's dimensions, so the per-filter step (``flatNormalization``) emits only the
 per-detector scales (a small JSON dataset), and the per-detector ``flat`` stage applies them.
-The result is exactly :func:`stages.calibration_products.normalize_flats`.
+The result is exactly :func:`stages.isr.calibration_products.normalize_flats`.
 
 The masters are stored as ``Fits`` datasets in the layout of
 :meth:`CalibrationProduct.to_hdulist` (IMAGE, VARIANCE, DEFECTS). Every stage takes the
@@ -36,8 +36,8 @@ from astropy.io import fits
 
 from repo.errors import DrpError
 from repo.instruments.simcam import SimCam
+from stages.framework.base import Connection, Stage
 
-from .base import Connection, Stage
 from .calibration_products import (
     CalibrationProduct,
     combine_bias,
@@ -45,7 +45,7 @@ from .calibration_products import (
     combine_flat,
     normalize_flats,
 )
-from .isr import IsrConfig
+from .correction import IsrConfig
 
 DETECTOR_DIMS = ("instrument", "detector")
 VISIT_DIMS = ("instrument", "visit", "detector")

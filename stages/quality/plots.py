@@ -1,6 +1,6 @@
 """The single-frame report as a figure (``drp report REPO --plot FILE.png``).
 
-Four panels, from the star-by-star data of :func:`stages.report.collect_report`:
+Four panels, from the star-by-star data of :func:`stages.quality.report.collect_report`:
 
 * **photometry**: PSF magnitude minus the true magnitude (mmag) of the bright isolated stars
   against their true magnitude, with the binned median and the +-1 sigma the stated errors

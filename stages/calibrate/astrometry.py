@@ -2,7 +2,7 @@
 
 The story of :func:`calibrate_astrometry`:
 
-1. Move the reference stars to the epoch of the exposure (:func:`stages.refcat.apply_proper_motion`)
+1. Move the reference stars to the epoch of the exposure (:func:`stages.calibrate.refcat.apply_proper_motion`)
    and project them into the image with the initial WCS (the raw header's, which may be off by
    tens of arcseconds and a fraction of a degree).
 2. Coarse match (:func:`match_sources`): for each trial rotation about the image centre, histogram
@@ -599,7 +599,7 @@ def calibrate_astrometry(
         pixels, and ``config.flux_column`` to rank brightness). Select good, unsaturated point
         sources before calling.
     refcat : astropy.table.Table
-        Reference catalog (:mod:`stages.refcat` layout) covering the image plus the search box.
+        Reference catalog (:mod:`stages.calibrate.refcat` layout) covering the image plus the search box.
     wcs : astropy.wcs.WCS
         Initial WCS (the raw header's).
     shape : tuple of int

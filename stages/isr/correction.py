@@ -330,11 +330,11 @@ def run_isr(
     camera : repo.instruments.simcam.SimCam
         The camera: its ``linearize`` undoes the nonlinearity.
     bias : numpy.ndarray or CalibrationProduct
-        Master bias, electrons (:func:`stages.calibration_products.combine_bias`).
+        Master bias, electrons (:func:`stages.isr.calibration_products.combine_bias`).
     dark : numpy.ndarray or CalibrationProduct
         Master dark, electrons per second.
     flat : numpy.ndarray or CalibrationProduct
-        Master flat (normalized; see :func:`stages.calibration_products.combine_flat`).
+        Master flat (normalized; see :func:`stages.isr.calibration_products.combine_flat`).
     defects : numpy.ndarray, optional
         Boolean defect mask (bad columns, hot pixels): the BAD plane.
     config : IsrConfig

@@ -2,21 +2,21 @@
 calibration (detection, measurement, astrometry, photometry), per (instrument, visit, detector).
 
 Thin shells around the science modules; the default pipeline (``stages/pipelines/drp.yaml``,
-subset ``singleFrame``) chains them after the calibration stages of :mod:`stages.calib_stages`::
+subset ``singleFrame``) chains them after the calibration stages of :mod:`stages.isr.stages`::
 
     raw + bias + dark + flat --isr--> postISRCCD
     postISRCCD --characterize--> icExp, calexpBackground, icSrc, icPsfStars
     icExp + icSrc + refcat --calibrate--> calexp, src, calexpSummary
 
-* ``isr``: :func:`stages.isr.run_isr` with the masters of the same run; the defects are the hot
+* ``isr``: :func:`stages.isr.correction.run_isr` with the masters of the same run; the defects are the hot
   pixels of the dark and the dead pixels of the flat.
-* ``characterize``: cosmic rays found and repaired (:func:`stages.cosmic_rays.reject_cosmic_rays`,
+* ``characterize``: cosmic rays found and repaired (:func:`stages.characterize.cosmic_rays.reject_cosmic_rays`,
   whose lower bound of the PSF width is the sharpest optical PSF of the detector, the
-  atmosphere only broadening it); the background (:func:`stages.background.estimate_background`:
+  atmosphere only broadening it); the background (:func:`stages.characterize.background.estimate_background`:
   sources found 5 sigma above sep's first pass masked, then the sigma-clipped mean of each box,
   which unlike sep's mode estimate is not low on a Poisson sky) subtracted and stored as a
   table; a first detection and
-  measurement without PSF, then the PSF (:func:`stages.psf_determination.determine_psf`, optical
+  measurement without PSF, then the PSF (:func:`stages.characterize.psf_determination.determine_psf`, optical
   part from the camera model) attached to the exposure. ``icSrc`` is the first-pass catalog
   (``calib_psf_candidate``, ``calib_psf_used``, ``calib_psf_reserved`` mark the PSF stars) and
   ``icPsfStars`` the PSF stars with their model residuals (reserved stars validate the model).
@@ -24,9 +24,9 @@ subset ``singleFrame``) chains them after the calibration stages of :mod:`stages
   pixels: detecting and measuring again would give the same rows); the WCS fitted to ``refcat`` (stars moved
   to the epoch of the exposure's ``MJD-OBS``) from the raw's approximate WCS; the zero point from
   the astrometric matches' PSF fluxes, aperture-corrected
-  (:mod:`stages.aperture_correction`); ``src`` with ``coord_ra``/``coord_dec`` and every flux in
+  (:mod:`stages.measure.aperture_correction`); ``src`` with ``coord_ra``/``coord_dec`` and every flux in
   nJy (instrumental values kept as ``*InstFlux``), ``extendedness`` (size against the PSF
-  model's, :mod:`stages.classification`), ``calib_astrometry_used`` and
+  model's, :mod:`stages.measure.classification`), ``calib_astrometry_used`` and
   ``calib_photometry_used`` marking the stars of the fits; ``calexpSummary`` with seeing, zero point,
   depth, astrometric scatter and the numbers of stars used.
 """
@@ -44,28 +44,36 @@ from astropy.table import Table
 from repo.errors import DrpError
 from repo.exposure import Exposure
 from repo.psf import FWHM_PER_SIGMA, GaussianPsf
-
-from .aperture_correction import (
+from stages.characterize.background import (
+    background_to_table,
+    estimate_background,
+    subtract_background,
+)
+from stages.characterize.cosmic_rays import CosmicRayConfig, reject_cosmic_rays
+from stages.characterize.psf_determination import (
+    PsfDeterminationConfig,
+    determine_psf,
+    optical_field,
+)
+from stages.framework.base import Connection, Stage
+from stages.isr.calibration_products import CalibrationProduct, combine_defects
+from stages.isr.correction import IsrConfig, run_isr
+from stages.isr.stages import BIAS, CAMERA, DARK, FLAT, VISIT_DIMS, camera_from_dataset
+from stages.measure.aperture_correction import (
     ApertureCorrectionConfig,
     apply_aperture_correction,
     measure_aperture_correction,
 )
+from stages.measure.classification import add_extendedness
+from stages.measure.measurement import MeasurementConfig, detect_and_measure, measure_psf_fluxes
+
 from .astrometry import (
     AstrometryConfig,
     add_sky_coordinates,
     calibrate_astrometry,
     pixel_scale_arcsec,
 )
-from .background import background_to_table, estimate_background, subtract_background
-from .base import Connection, Stage
-from .calib_stages import BIAS, CAMERA, DARK, FLAT, VISIT_DIMS, camera_from_dataset
-from .calibration_products import CalibrationProduct, combine_defects
-from .classification import add_extendedness
-from .cosmic_rays import CosmicRayConfig, reject_cosmic_rays
-from .isr import IsrConfig, run_isr
-from .measurement import MeasurementConfig, detect_and_measure, measure_psf_fluxes
 from .photometry import PhotometryConfig, calibrate_fluxes, calibrate_photometry
-from .psf_determination import PsfDeterminationConfig, determine_psf, optical_field
 from .refcat import mjd_to_epoch
 
 POST_ISR = Connection("postISRCCD", VISIT_DIMS, "Exposure", doc="ISR-corrected image (electrons)")
@@ -99,7 +107,7 @@ CALIBRATION_EXCLUDED_FLAGS = (
     "flag_bad",
 )
 
-#: :func:`stages.cosmic_rays.estimate_psf_sigma` returns 0.9 x the stars' adaptive sigma.
+#: :func:`stages.characterize.cosmic_rays.estimate_psf_sigma` returns 0.9 x the stars' adaptive sigma.
 CORE_FACTOR = 0.9
 
 
@@ -109,7 +117,7 @@ def _product(hdulist: fits.HDUList) -> CalibrationProduct:
 
 @dataclass(frozen=True)
 class IsrStageConfig:
-    """Options of the ISR stage (see :class:`stages.isr.IsrConfig`)."""
+    """Options of the ISR stage (see :class:`stages.isr.correction.IsrConfig`)."""
 
     isr: IsrConfig = field(default_factory=IsrConfig)
 
@@ -156,7 +164,7 @@ class CharacterizeConfig:
         Threshold of the source mask of the background's second pass (None: one pass).
     background_estimator : str
         Box value of the background: ``"mode"`` (sep's) or ``"clipped_mean"`` (see
-        :func:`stages.background.clipped_mean_background`).
+        :func:`stages.characterize.background.clipped_mean_background`).
     measurement : MeasurementConfig
         The first detection and measurement pass (PSF star candidates).
     psf : PsfDeterminationConfig
@@ -297,7 +305,7 @@ class CalibrateConfig:
         S/N of the point-source depth in the summary.
     extendedness_sigma, extendedness_floor : float
         A source is extended when its size exceeds the PSF model's by more than this many
-        times ``2 / (S/N)`` and the floor in quadrature (:mod:`stages.classification`).
+        times ``2 / (S/N)`` and the floor in quadrature (:mod:`stages.measure.classification`).
     """
 
     measurement: MeasurementConfig = field(default_factory=MeasurementConfig)

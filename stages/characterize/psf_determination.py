@@ -8,7 +8,7 @@ The story of :func:`determine_psf`:
 2. **reserve** a random fraction of them (20% by default) as a validation set;
 3. **measure** each star's adaptive second moments on the image;
 4. **fit** the atmosphere: with the optical part fixed (from the instrument model,
-   :class:`stages.psf_model.OpticalField`), find the polynomial FWHM and ellipticity of a
+   :class:`stages.characterize.psf_model.OpticalField`), find the polynomial FWHM and ellipticity of a
    Moffat atmosphere whose convolution with the optics reproduces the stars' moments
    (Gauss-Newton steps on the moments with a Gaussian-approximation Jacobian, stars weighted by
    their S/N squared, outliers clipped), for Moffat indices ``beta`` of a grid, walking from
@@ -17,7 +17,7 @@ The story of :func:`determine_psf`:
 5. **validate**: size and ellipticity residuals, model minus measured, on the reserved stars,
    with the model evaluated as later stages will (:meth:`OpticalAtmospherePsf.kernel_images`).
 
-:func:`characterize` chains it with :func:`stages.measurement.detect_and_measure`: a first pass
+:func:`characterize` chains it with :func:`stages.measure.measurement.detect_and_measure`: a first pass
 finds the stars, the PSF is fitted, a second pass measures PSF fluxes.
 
 Sizes are determinant radii ``(ixx iyy - ixy^2)^(1/4)``; ellipticities are distortions
@@ -37,8 +37,7 @@ from scipy.spatial import cKDTree
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-
-from .measurement import (
+from stages.measure.measurement import (
     MeasurementConfig,
     adaptive_moments,
     adaptive_moments_of_stamps,
@@ -46,6 +45,7 @@ from .measurement import (
     shift_kernels,
     stamps,
 )
+
 from .psf_model import (
     MoffatField,
     OpticalAtmospherePsf,
@@ -101,7 +101,7 @@ class PsfDeterminationConfig:
         Kernel size; by default the odd size covering +-4.5 FWHM (25 to 75 pixels).
     grid_spacing : float
         Largest node step of the model's kernel cache (:class:`OpticalAtmospherePsf`); smaller
-        where the PSF varies fast (:func:`stages.psf_model.grid_spacing_for`).
+        where the PSF varies fast (:func:`stages.characterize.psf_model.grid_spacing_for`).
     seed : int
         Seed of the random choice of reserved stars.
     """
@@ -487,7 +487,7 @@ def determine_psf(
     exposure : repo.exposure.Exposure
         Calibrated, background-subtracted image with its variance.
     catalog : astropy.table.Table
-        Its sources from :func:`stages.measurement.detect_and_measure`.
+        Its sources from :func:`stages.measure.measurement.detect_and_measure`.
     optical : OpticalField or None
         The optical part from the instrument model (:func:`optical_field`), or ``None`` for
         an atmosphere-only (empirical) model.
@@ -607,7 +607,7 @@ def characterize(
     optical : OpticalField or None
         The optical part of the PSF (:func:`optical_field`), or ``None``.
     measurement_config, psf_config : optional
-        Settings of :func:`stages.measurement.detect_and_measure` and :func:`determine_psf`.
+        Settings of :func:`stages.measure.measurement.detect_and_measure` and :func:`determine_psf`.
 
     Returns
     -------

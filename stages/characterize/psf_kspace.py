@@ -1,6 +1,6 @@
 """Drawing the PSF model's kernels in Fourier space, many at once.
 
-The model of :mod:`stages.psf_model` is a sheared Moffat (atmosphere) convolved with a sheared
+The model of :mod:`stages.characterize.psf_model` is a sheared Moffat (atmosphere) convolved with a sheared
 Gaussian (optics) and the pixel response. Each factor has a closed-form Fourier transform:
 
 * Moffat of index ``beta`` and scale radius ``rd`` (untruncated, unit flux):

@@ -1,7 +1,7 @@
 """Executors: where quanta run — in this process, in a local process pool, or on Dask.
 
-Each executor takes :class:`~stages.runner.QuantumSpec` objects and hands back
-:class:`~stages.runner.QuantumResult` objects as they finish. The workers of the pool and of Dask
+Each executor takes :class:`~stages.framework.runner.QuantumSpec` objects and hands back
+:class:`~stages.framework.runner.QuantumResult` objects as they finish. The workers of the pool and of Dask
 open the repository themselves from its URL and storage options, so they can be anywhere that
 reaches the storage (an S3 repository for a Dask cluster of many machines).
 
@@ -33,14 +33,7 @@ from repo.repository import Repository
 
 from .graph import Quantum, QuantumGraph
 from .progress import Progress
-from .runner import (
-    QuantumResult,
-    QuantumSpec,
-    execute_quantum,
-    make_spec,
-    prepare_run,
-    run_quantum,
-)
+from .runner import QuantumResult, QuantumSpec, execute_quantum, make_spec, prepare_run, run_quantum
 
 log = logging.getLogger(__name__)
 
@@ -381,13 +374,13 @@ def run_graph(
     repo
         The repository; workers open their own from its URL and storage options.
     graph
-        From :func:`stages.graph.build_graph`.
+        From :func:`stages.framework.graph.build_graph`.
     jobs
         Worker processes (1: serially in this process).
     dask
         Dask scheduler address, or ``local`` for a local cluster of ``jobs`` processes.
     progress
-        Where to report progress (see :func:`stages.progress.make_progress`).
+        Where to report progress (see :func:`stages.framework.progress.make_progress`).
     """
     prepare_run(repo, graph)
     executor = make_executor(

@@ -10,7 +10,7 @@ A stage is one kind of unit of work in a pipeline. It declares
   the pipeline YAML and from the command line (``--config isr.do_flat=false``).
 
 :meth:`Stage.run` is a plain function of loaded inputs that returns the output objects by
-connection name; the framework (:mod:`stages.runner`) reads, writes and records, so stage code never
+connection name; the framework (:mod:`stages.framework.runner`) reads, writes and records, so stage code never
 touches paths::
 
     @dataclass(frozen=True)

@@ -43,9 +43,8 @@ from scipy import ndimage
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-
-from .isr import fill_values
-from .measurement import adaptive_moments_of_stamps, stamps
+from stages.isr.correction import fill_values
+from stages.measure.measurement import adaptive_moments_of_stamps, stamps
 
 #: Neighbour offsets (dy, dx) of the four directions tested and their distance (pixels).
 DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -258,7 +257,7 @@ def estimate_psf_sigma(
 
     Sources ``detect_sigma`` above the background and away from masked pixels get the adaptive
     second-moment sigma ``det(C)**0.25`` of a stamp around their peak
-    (:func:`stages.measurement.adaptive_moments_of_stamps`, all stamps at once); the
+    (:func:`stages.measure.measurement.adaptive_moments_of_stamps`, all stamps at once); the
     estimate is ``core_factor`` times the median over the sharpest half of the ``max_stars``
     brightest (stars are the most compact sources once cosmic rays are repaired). The factor
     converts the adaptive sigma, which Moffat-like wings inflate by about 10%, into the width
@@ -326,7 +325,7 @@ def repair_cosmic_rays(
     """Set the CR plane on ``cosmic_rays`` and replace those pixels by an interpolation.
 
     Image and variance of the pixels are interpolated from the good pixels around them
-    (:func:`stages.isr.fill_values`, a Gaussian of ``interpolation_sigma`` pixels);
+    (:func:`stages.isr.correction.fill_values`, a Gaussian of ``interpolation_sigma`` pixels);
     the INTRP plane is set too. Modifies ``exposure`` in place and returns the number of pixels.
     """
     cosmic_rays = np.asarray(cosmic_rays, dtype=bool)

@@ -62,11 +62,10 @@ from scipy.spatial import cKDTree
 
 from repo.errors import DatasetNotFoundError, DatasetTypeError
 from repo.repository import Repository
-
-from . import psf_model  # noqa: F401  (registers the OPTATM PSF type for reading calexps)
-from .calib_stages import camera_from_dataset
-from .calibration_products import CalibrationProduct
-from .simulate.truth import masks_from_hdulist
+from stages.characterize import psf_model  # noqa: F401  (registers the OPTATM PSF type for reading calexps)
+from stages.isr.calibration_products import CalibrationProduct
+from stages.isr.stages import camera_from_dataset
+from stages.simulate.truth import masks_from_hdulist
 
 #: Columns of the matched bright stars (:func:`collect_report`).
 MATCHED_COLUMNS = ("x", "y", "dra", "ddec", "offset", "ratio", "snr", "mag")
@@ -120,7 +119,7 @@ def _find(repo: Repository, dataset_type: str, data_id: dict, collections: list[
 
 @dataclass
 class ReportData:
-    """A report and the star-by-star data behind it (what :mod:`stages.report_plots` draws).
+    """A report and the star-by-star data behind it (what :mod:`stages.quality.plots` draws).
 
     ``stars``: the bright isolated stars matched to truth in every calexp (columns
     :data:`MATCHED_COLUMNS` and ``visit``, ``detector``, ``band``); ``psf_stars``: every

@@ -8,7 +8,7 @@ stage (in dependency order) gets one :class:`Quantum` per dataId over its quantu
    stage produces, that stage's predicted outputs — projected onto the quantum dimensions. A
    quantum dimension the dataset lacks but can reach through the sky (tract and patch, for a
    dataset with a visit) comes from the overlaps of its detector regions with the registered sky
-   map (:mod:`stages.overlaps`). The projections of all inputs are joined on their shared keys.
+   map (:mod:`stages.framework.overlaps`). The projections of all inputs are joined on their shared keys.
 2. The where-expression (and the stage's own, from the pipeline) constrains the datasets and the
    quantum dataIds. It is evaluated on everything that is known about each (dimensions, implied
    dimensions, record fields such as ``visit.exposure_time``, and tracts and patches overlapped);
@@ -83,7 +83,7 @@ class Quantum:
         Connection name -> input refs (one for a single input), prerequisites included.
     outputs : dict
         Connection name -> the predicted output ref in the output run (its path is filled in
-        when the quantum is sent to a worker, see :func:`stages.runner.make_spec`).
+        when the quantum is sent to a worker, see :func:`stages.framework.runner.make_spec`).
     upstream : set of str
         Ids of the quanta that produce some of the inputs.
     status : str

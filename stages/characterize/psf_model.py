@@ -8,12 +8,12 @@
   ``optical_psf``) on a grid of nodes covering the detector and half its size beyond each edge,
   interpolated with bicubic splines (:class:`OpticalField`); absent (``None``) when
   the instrument has no optical model (real DECam data), and the atmosphere alone is then the PSF;
-* the **atmospheric** part, fitted per visit (:mod:`stages.psf_determination`): a Moffat profile
+* the **atmospheric** part, fitted per visit (:mod:`stages.characterize.psf_determination`): a Moffat profile
   of index ``beta`` whose FWHM and ellipticity (distortions ``e1``, ``e2``) are polynomials in the
   pixel position (:class:`MoffatField`).
 
 The PSF at ``(x, y)`` is their convolution with the pixel response, drawn in Fourier space
-(:mod:`stages.psf_kspace`: the images GalSim, the simulator's renderer, draws from
+(:mod:`stages.characterize.psf_kspace`: the images GalSim, the simulator's renderer, draws from
 :meth:`OpticalAtmospherePsf.profile`, many at once). Drawing still costs a fraction of a
 millisecond, so :meth:`kernel_image` interpolates (cubic, Catmull-Rom) between kernels drawn once
 at the nodes of a grid (spacing at most ``grid_spacing`` pixels) and cached; :meth:`render` and
@@ -40,7 +40,8 @@ from scipy.interpolate import RectBivariateSpline
 from repo.errors import CorruptDatasetError
 from repo.formatters.fits import exact_float_card
 from repo.psf import Psf
-from stages.psf_kspace import draw_kernels
+
+from .psf_kspace import draw_kernels
 
 #: GalSim accuracy used to draw the model (as the simulator: 0.1% folding, 1e-4 k-space cut).
 FOLDING_THRESHOLD = 1e-3
@@ -333,7 +334,7 @@ class OpticalAtmospherePsf(Psf):
     def render_many(self, x: Any, y: Any, dx: Any = 0.0, dy: Any = 0.0) -> np.ndarray:
         """The exact model at many positions, ``(n, size, size)``, each centred ``(dx, dy)``
         pixels from its central pixel's centre (drawn together in Fourier space by
-        :func:`stages.psf_kspace.draw_kernels`, as GalSim would draw :meth:`profile`)."""
+        :func:`stages.characterize.psf_kspace.draw_kernels`, as GalSim would draw :meth:`profile`)."""
         x = np.atleast_1d(np.asarray(x, dtype=float))
         y = np.atleast_1d(np.asarray(y, dtype=float))
         optical = self.optical.params(x, y) if self.optical is not None else None
@@ -401,7 +402,10 @@ class OpticalAtmospherePsf(Psf):
         atm = self.atmosphere
         hdu = fits.ImageHDU(np.array(atm.coeffs), name="PSF")
         header = hdu.header
-        header["PSFTYPE"] = (self.type_name, "optical x Moffat atmosphere (stages.psf_model)")
+        header["PSFTYPE"] = (
+            self.type_name,
+            "optical x Moffat atmosphere (stages.characterize.psf_model)",
+        )
         header["PSFMOD"] = (type(self).__module__, "Python module defining this PSF type")
         header.append(exact_float_card("PSFBETA", atm.beta, "Moffat index of the atmosphere"))
         header["PSFDEG"] = (atm.degree, "degree of the atmospheric polynomials")

@@ -1,0 +1,1 @@
+"""Scoring a run against the simulator's truth: the report's figures and plots."""
