@@ -44,14 +44,14 @@ from stages.characterize.psf_determination import determine_psf, optical_field  
 from stages.isr.correction import run_isr  # noqa: E402
 from stages.measure.measurement import (  # noqa: E402
     MeasurementConfig,
-    adaptive_moments,
     aperture_fluxes,
     detect_and_measure,
     detect_sources,
     kron_fluxes,
-    psf_fluxes,
     windowed_centroids,
 )
+from stages.measure.moments import adaptive_moments  # noqa: E402
+from stages.measure.psf_flux import psf_fluxes  # noqa: E402
 from stages.simulate import SurveyConfig, make_plan, make_sky, simulate_raw  # noqa: E402
 from stages.simulate.render import sky_image  # noqa: E402
 

@@ -27,8 +27,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from repo.repository import Repository  # noqa: E402
-from stages.calibrate.stages import CalibrateStage, CharacterizeStage, IsrStage  # noqa: E402
+from stages.calibrate.stages import CalibrateStage
+from stages.characterize.stages import CharacterizeStage
 from stages.demo import DEMO_RUN  # noqa: E402
+from stages.isr.stages import IsrStage  # noqa: E402
 
 SCRATCH_RUN = "bench/single_frame"
 INPUTS = [DEMO_RUN, "SimCam/defaults"]

@@ -20,13 +20,8 @@ from repo.exposure import Exposure
 from repo.formatters.parquet import read_catalog, write_catalog
 from repo.psf import GaussianPsf, adaptive_sigma
 from stages.characterize.psf_determination import determine_psf, optical_field, select_psf_stars
-from stages.measure.measurement import (
-    SOURCE_COLUMNS,
-    MeasurementConfig,
-    adaptive_moments,
-    adaptive_moments_of_stamps,
-    detect_and_measure,
-)
+from stages.measure.measurement import SOURCE_COLUMNS, MeasurementConfig, detect_and_measure
+from stages.measure.moments import adaptive_moments, adaptive_moments_of_stamps
 from stages.simulate import SurveyConfig, make_plan, make_sky
 
 NTT = Path("/work/shared/data/sep-ntt")
@@ -401,7 +396,8 @@ def test_saturated_stars_are_flagged(survey):
 
 
 def test_measurements_in_chunks_equal_one_pass(monkeypatch):
-    import stages.measure.measurement as measurement
+    import stages.measure.moments as moments
+    import stages.measure.psf_flux as psf_flux
 
     rng = np.random.default_rng(3)
     stars = grid_stars(6, 30.0, 5e3, rng)
@@ -410,7 +406,8 @@ def test_measurements_in_chunks_equal_one_pass(monkeypatch):
         image, np.zeros(image.shape, np.int32), np.ones(image.shape), psf=GaussianPsf(1.7)
     )
     whole = detect_and_measure(exposure)
-    monkeypatch.setattr(measurement, "CHUNK", 7)
+    monkeypatch.setattr(psf_flux, "CHUNK", 7)
+    monkeypatch.setattr(moments, "CHUNK", 7)
     chunked = detect_and_measure(exposure)
     assert len(whole) == len(stars)
     for name in ("psfFlux", "psfFluxErr", "ixx", "ixy", "xErr", "flag_moments"):

@@ -31,11 +31,8 @@ from stages.characterize.psf_determination import (
     select_psf_stars,
 )
 from stages.characterize.psf_model import MoffatField, OpticalAtmospherePsf, OpticalField
-from stages.measure.measurement import (
-    adaptive_moments_of_stamps,
-    detect_and_measure,
-    measure_psf_fluxes,
-)
+from stages.measure.measurement import detect_and_measure, measure_psf_fluxes
+from stages.measure.moments import adaptive_moments_of_stamps
 from stages.simulate import SurveyConfig, make_plan, make_sky, psf_image
 
 SEED = 5

@@ -11,7 +11,8 @@ import pytest
 
 from repo.errors import DrpError
 from repo.repository import Repository
-from stages.calibrate.stages import calibration_sources, min_optical_psf_sigma
+from stages.calibrate.stages import calibration_sources
+from stages.characterize.stages import min_optical_psf_sigma
 from stages.demo import DEFAULTS, DEMO_RUN, process_survey, simulate_survey
 from stages.framework.graph import build_graph
 from stages.framework.pipeline import Pipeline
@@ -248,8 +249,8 @@ def test_master_calibrations_against_the_camera_truth(processed):
 
 def test_characterize_falls_back_to_a_gaussian_without_psf_stars(processed):
     from repo.psf import GaussianPsf
-    from stages.calibrate.stages import CharacterizeConfig, CharacterizeStage
     from stages.characterize.psf_determination import PsfDeterminationConfig
+    from stages.characterize.stages import CharacterizeConfig, CharacterizeStage
 
     repo, _ = processed
     ref = repo.query_datasets("postISRCCD", collections=DEMO_RUN)[0]

@@ -29,9 +29,10 @@ from repo.regions import ConvexPolygon
 from repo.repository import Repository
 from repo.skymap import RingsSkyMap
 from stages.framework.base import Connection, Stage
-from stages.framework.graph import NothingSelectedError, build_graph, quantum_id_for
+from stages.framework.graph import NothingSelectedError, build_graph
 from stages.framework.overlaps import MissingRegionError, find_polygon_patches
 from stages.framework.pipeline import Pipeline, StageDef
+from stages.framework.quanta import quantum_id_for
 from stages.framework.runner import make_spec
 from stages.framework.skymap_setup import ensure_tract_records
 

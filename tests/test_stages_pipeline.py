@@ -12,12 +12,10 @@ from click.testing import CliRunner
 from stages_toys import VD, Calibrate, CalibrateConfig, toy_pipeline_yaml
 
 from cli.main import cli
-from stages.framework.base import (
+from stages.framework.base import Connection, PipelineError, Stage
+from stages.framework.config import (
     ConfigError,
-    Connection,
     NoConfig,
-    PipelineError,
-    Stage,
     apply_overrides,
     config_from_dict,
     config_hash,

@@ -44,7 +44,8 @@ from scipy import ndimage
 from repo.errors import DrpError
 from repo.exposure import Exposure
 from stages.isr.correction import fill_values
-from stages.measure.measurement import adaptive_moments_of_stamps, stamps
+from stages.measure.moments import adaptive_moments_of_stamps
+from stages.measure.stamps import stamps
 
 #: Neighbour offsets (dy, dx) of the four directions tested and their distance (pixels).
 DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -257,7 +258,7 @@ def estimate_psf_sigma(
 
     Sources ``detect_sigma`` above the background and away from masked pixels get the adaptive
     second-moment sigma ``det(C)**0.25`` of a stamp around their peak
-    (:func:`stages.measure.measurement.adaptive_moments_of_stamps`, all stamps at once); the
+    (:func:`stages.measure.moments.adaptive_moments_of_stamps`, all stamps at once); the
     estimate is ``core_factor`` times the median over the sharpest half of the ``max_stars``
     brightest (stars are the most compact sources once cosmic rays are repaired). The factor
     converts the adaptive sigma, which Moffat-like wings inflate by about 10%, into the width

@@ -37,14 +37,9 @@ from scipy.spatial import cKDTree
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-from stages.measure.measurement import (
-    MeasurementConfig,
-    adaptive_moments,
-    adaptive_moments_of_stamps,
-    detect_and_measure,
-    shift_kernels,
-    stamps,
-)
+from stages.measure.measurement import MeasurementConfig, detect_and_measure
+from stages.measure.moments import adaptive_moments, adaptive_moments_of_stamps
+from stages.measure.stamps import shift_kernels, stamps
 
 from .psf_model import (
     MoffatField,

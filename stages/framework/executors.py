@@ -31,8 +31,8 @@ from typing import Any
 from repo.errors import DrpError
 from repo.repository import Repository
 
-from .graph import Quantum, QuantumGraph
 from .progress import Progress
+from .quanta import Quantum, QuantumGraph
 from .runner import QuantumResult, QuantumSpec, execute_quantum, make_spec, prepare_run, run_quantum
 
 log = logging.getLogger(__name__)

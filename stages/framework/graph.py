@@ -28,11 +28,8 @@ here, before any work starts.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -47,15 +44,14 @@ from repo.registry import (
 )
 from repo.repository import Repository
 from repo.skymap import RingsSkyMap
-from repo.where import Column, Not, compile_where, evaluate_where, parse_where
-from repo.where import referenced_identifiers as where_identifiers
 
 from .base import SKYMAP_DIMENSIONS, Connection, PipelineError
 from .overlaps import RegionOverlaps
 from .pipeline import Pipeline, StageDef
+from .quanta import QUANTUM_ID_NAMESPACE, Quantum, QuantumGraph, fast_uuid5
 from .skymap_setup import load_skymap
+from .where_filter import WhereFilter
 
-QUANTUM_ID_NAMESPACE = uuid.UUID("0c7b7f0e-3f38-4b8e-9a44-2f1d5e6c9b21")
 _MAX_LISTED = 5
 
 
@@ -65,271 +61,6 @@ class NothingSelectedError(PipelineError):
 
 class ConfigChangedError(PipelineError):
     """Outputs in the output run were made with another configuration of their stage."""
-
-
-@dataclass
-class Quantum:
-    """One unit of work: a stage applied to one dataId.
-
-    Attributes
-    ----------
-    id : str
-        Deterministic id: a UUID5 of (stage label, output run, dataId).
-    label : str
-        The stage's label in the pipeline.
-    data_id : DataId
-        The quantum dataId, with implied dimensions.
-    inputs : dict
-        Connection name -> input refs (one for a single input), prerequisites included.
-    outputs : dict
-        Connection name -> the predicted output ref in the output run (its path is filled in
-        when the quantum is sent to a worker, see :func:`stages.framework.runner.make_spec`).
-    upstream : set of str
-        Ids of the quanta that produce some of the inputs.
-    status : str
-        ``run``, or ``skip`` when its outputs exist already with the same config.
-    """
-
-    id: str
-    label: str
-    data_id: DataId
-    inputs: dict[str, list[DatasetRef]]
-    outputs: dict[str, DatasetRef]
-    upstream: set[str] = field(default_factory=set)
-    status: str = "run"
-    dimensions: tuple[str, ...] = ()
-
-    @property
-    def short_id(self) -> dict[str, Any]:
-        """The required quantum dimensions only, for messages."""
-        names = self.dimensions or tuple(self.data_id)
-        return {k: self.data_id[k] for k in names if k in self.data_id}
-
-    def __str__(self) -> str:
-        return f"{self.label} {self.short_id}"
-
-
-@dataclass
-class QuantumGraph:
-    """The quanta of a pipeline run in dependency order, and how they depend on each other."""
-
-    pipeline: Pipeline
-    output_run: str
-    collections: list[str]
-    quanta: dict[str, Quantum]
-    skymap: RingsSkyMap | None = None
-    where: str = ""
-
-    def by_label(self) -> dict[str, list[Quantum]]:
-        """Quanta of each stage, in pipeline order."""
-        groups: dict[str, list[Quantum]] = {label: [] for label in self.pipeline.labels}
-        for quantum in self.quanta.values():
-            groups[quantum.label].append(quantum)
-        return groups
-
-    def downstream(self) -> dict[str, set[str]]:
-        """Quantum id -> ids of the quanta that consume its outputs."""
-        result: dict[str, set[str]] = {qid: set() for qid in self.quanta}
-        for quantum in self.quanta.values():
-            for up in quantum.upstream:
-                result[up].add(quantum.id)
-        return result
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Per stage: number of quanta, to run and to skip."""
-        out = {}
-        for label, quanta in self.by_label().items():
-            run = sum(q.status == "run" for q in quanta)
-            out[label] = {"quanta": len(quanta), "run": run, "skip": len(quanta) - run}
-        return out
-
-    def describe(self, *, details: bool = False) -> str:
-        """A summary of the graph: quanta per stage and stage dependencies (and every quantum)."""
-        counts = self.counts()
-        total = sum(c["quanta"] for c in counts.values())
-        to_run = sum(c["run"] for c in counts.values())
-        lines = [
-            f"quantum graph: {total} quanta in {len(counts)} stage(s), {to_run} to run, "
-            f"{total - to_run} already done; output run {self.output_run!r}, "
-            f"searching {', '.join(self.collections)}"
-        ]
-        if self.where:
-            lines.append(f"where: {self.where}")
-        width = max((len(label) for label in counts), default=0)
-        for label, c in counts.items():
-            dims = ", ".join(self.pipeline.stage(label).stage_class.quantum_group().required)
-            lines.append(
-                f"  {label:<{width}}  {c['quanta']:>6} quanta  {c['run']:>6} to run  "
-                f"{c['skip']:>6} done  ({dims})"
-            )
-        edges: dict[tuple[str, str], int] = {}
-        for quantum in self.quanta.values():
-            for up in quantum.upstream:
-                key = (self.quanta[up].label, quantum.label)
-                edges[key] = edges.get(key, 0) + 1
-        if edges:
-            lines.append("dependencies:")
-            lines.extend(
-                f"  {down} <- {up}: {n} quantum dependencies" for (up, down), n in edges.items()
-            )
-        if details:
-            lines.append("quanta:")
-            order = {qid: i for i, qid in enumerate(self.quanta)}
-            for quantum in self.quanta.values():
-                deps = ", ".join(
-                    str(self.quanta[u]) for u in sorted(quantum.upstream, key=order.__getitem__)
-                )
-                line = f"  [{quantum.status}] {quantum}"
-                lines.append(line + (f" <- {deps}" if deps else ""))
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The graph as JSON-compatible data (quanta with inputs, outputs and upstream ids)."""
-        return {
-            "output_run": self.output_run,
-            "collections": self.collections,
-            "where": self.where,
-            "stages": self.counts(),
-            "quanta": [
-                {
-                    "id": q.id,
-                    "stage": q.label,
-                    "data_id": dict(q.data_id),
-                    "status": q.status,
-                    "inputs": {k: [r.id for r in v] for k, v in q.inputs.items()},
-                    "outputs": {k: r.id for k, r in q.outputs.items()},
-                    "upstream": sorted(q.upstream),
-                }
-                for q in self.quanta.values()
-            ],
-        }
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as indented JSON."""
-        return json.dumps(self.to_dict(), indent=1)
-
-
-def quantum_id_for(label: str, run: str, data_id: DataId) -> str:
-    """The deterministic id of the quantum of stage ``label`` for ``data_id`` in ``run``.
-
-    ``data_id`` holds the required quantum dimensions only.
-    """
-    return _uuid5(QUANTUM_ID_NAMESPACE, f"{label}/{run}/{data_id.canonical()}")
-
-
-def _uuid5(namespace: uuid.UUID, name: str) -> str:
-    """``str(uuid.uuid5(namespace, name))``, without the UUID object (graph building makes
-    two per quantum)."""
-    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-# -- the where-expression -----------------------------------------------------------------------
-
-
-def where_columns() -> dict[str, Column]:
-    """Every identifier a pipeline where-expression may use: dimensions and record fields."""
-    columns = {name: Column(f'"{name}"', dim.dtype) for name, dim in UNIVERSE.items()}
-    for element, dim in UNIVERSE.items():
-        for f in dim.fields:
-            columns[f"{element}.{f.name}"] = Column(f'"{element}"."{f.name}"', f.dtype)
-    return columns
-
-
-class WhereFilter:
-    """Decide whether a dataId may be selected by a where-expression (see the module notes).
-
-    Parameters
-    ----------
-    texts
-        Expressions that must all hold (the run's and a stage's own); empty ones are ignored.
-    binds
-        Values of ``:name`` placeholders.
-    repo
-        Where record fields (``visit.exposure_time``) come from.
-    overlaps
-        A callable returning the :class:`RegionOverlaps` (created on first use), for
-        expressions about tracts and patches of datasets that have a visit; and the sky map name.
-    """
-
-    def __init__(
-        self,
-        texts: Sequence[str],
-        binds: Mapping[str, Any] | None,
-        repo: Repository,
-        overlaps: Callable[[], tuple[RegionOverlaps, str]] | None,
-    ):
-        self.nodes = [node for node in (parse_where(t) for t in texts if t) if node is not None]
-        columns = where_columns()
-        for node in self.nodes:
-            compile_where(node, columns, binds)  # unknown identifiers, binds and types
-        self.negations = [Not(node) for node in self.nodes]
-        self.binds = binds
-        self.repo = repo
-        self.overlaps = overlaps
-        names: set[str] = set()
-        for node in self.nodes:
-            names |= where_identifiers(node)
-        self.dimensions = sorted(n for n in names if "." not in n)
-        self.fields = sorted(n for n in names if "." in n)
-        self.spatial = any(n.split(".")[0] in SKYMAP_DIMENSIONS for n in names)
-        self._cache: dict[tuple, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.nodes)
-
-    def accepts(self, data_id: Mapping[str, Any]) -> bool:
-        """False only if the expression is definitely false for every row the dataId makes."""
-        if not self.nodes:
-            return True
-        key = tuple(data_id.get(n) for n in _CACHE_KEYS)
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._cache[key] = any(self._possible(row) for row in self._rows(data_id))
-        return cached
-
-    def _possible(self, row: Mapping[str, Any]) -> bool:
-        for node, negation in zip(self.nodes, self.negations, strict=True):
-            if not (
-                evaluate_where(node, row, self.binds)
-                or not evaluate_where(negation, row, self.binds)
-            ):
-                return False
-        return True
-
-    def _rows(self, data_id: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
-        base = {name: data_id.get(name) for name in self.dimensions}
-        expansions: list[dict[str, Any]] = [{}]
-        has_sky = any(data_id.get(n) is not None for n in ("tract", "patch"))
-        if self.spatial and not has_sky and self.overlaps is not None and "visit" in data_id:
-            overlaps, skymap = self.overlaps()
-            pairs = overlaps.patches(data_id)
-            expansions = [{"skymap": skymap, "tract": t, "patch": p} for t, p in pairs] or [
-                {"skymap": skymap, "tract": None, "patch": None}
-            ]
-        for extra in expansions:
-            row = {**base, **{k: v for k, v in extra.items() if k in base}}
-            values = {**data_id, **extra}
-            for name in self.fields:
-                element, _, field_name = name.partition(".")
-                record = self._record(element, values)
-                row[name] = None if record is None else record.get(field_name)
-            yield row
-
-    def _record(self, element: str, values: Mapping[str, Any]) -> dict[str, Any] | None:
-        keys = (*UNIVERSE[element].requires, element)
-        if any(values.get(k) is None for k in keys):
-            return None
-        return self.repo.registry.get_record(element, values)
-
-
-_CACHE_KEYS = tuple(UNIVERSE)
-
-
-# -- building -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -630,7 +361,9 @@ class _Builder:
         cls = stage.stage_class
         data_id = DataId.from_ordered(group.names, [values[k] for k in group.names])
         canonical = ",".join([f"{k}={values[k]}" for k in group.required])  # DataId.canonical()
-        quantum_id = _uuid5(QUANTUM_ID_NAMESPACE, f"{stage.label}/{self.output_run}/{canonical}")
+        quantum_id = fast_uuid5(
+            QUANTUM_ID_NAMESPACE, f"{stage.label}/{self.output_run}/{canonical}"
+        )
         inputs: dict[str, list[DatasetRef]] = {}
         upstream: set[str] = set()
         for name, (keys, index) in indexes.items():
@@ -675,7 +408,7 @@ class _Builder:
                 out_values = {k: values[k] for k in names}
                 out_id = _ordered(names, out_values)
             # dataset_id_for(), on the required values, which are the quantum's
-            dataset_id = _uuid5(
+            dataset_id = fast_uuid5(
                 DATASET_ID_NAMESPACE, f"{dataset_type.name}/{self.output_run}/{canonical}"
             )
             ref = DatasetRef(dataset_type, out_id, self.output_run, dataset_id)
@@ -866,9 +599,7 @@ def used_tracts(graph: QuantumGraph) -> set[int]:
 __all__ = [
     "ConfigChangedError",
     "NothingSelectedError",
-    "Quantum",
-    "QuantumGraph",
-    "WhereFilter",
     "build_graph",
-    "quantum_id_for",
+    "dataset_types_to_register",
+    "used_tracts",
 ]

@@ -36,17 +36,8 @@ import yaml
 
 from repo.registry import DatasetType
 
-from .base import (
-    ConfigError,
-    Connection,
-    PipelineError,
-    Stage,
-    apply_overrides,
-    config_hash,
-    config_json,
-    config_to_dict,
-    import_stage,
-)
+from .base import Connection, PipelineError, Stage, import_stage
+from .config import ConfigError, apply_overrides, config_hash, config_json, config_to_dict
 
 _TOP_KEYS = {"description", "stages", "subsets"}
 _STAGE_KEYS = {"class", "config", "where"}

@@ -35,8 +35,10 @@ from repo.repository import Repository, software_versions
 from repo.skymap import RingsSkyMap, SkyMapConfig
 from repo.storage_classes import get_storage_class
 
-from .base import Stage, config_from_dict, import_stage
-from .graph import Quantum, QuantumGraph, dataset_types_to_register, used_tracts
+from .base import Stage, import_stage
+from .config import config_from_dict
+from .graph import dataset_types_to_register, used_tracts
+from .quanta import Quantum, QuantumGraph
 from .skymap_setup import ensure_tract_records
 
 

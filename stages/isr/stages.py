@@ -1,9 +1,12 @@
-"""Pipeline stages that build the master calibrations (bias, dark, flat) from raw frames.
+"""Pipeline stages of instrument signature removal: the master calibrations (bias, dark, flat)
+built from raw frames, and ISR of science raws with them (``isr``: raw + bias + dark + flat ->
+postISRCCD, :func:`stages.isr.correction.run_isr`; the defects are the hot pixels of the dark
+and the dead pixels of the flat).
 
 Thin shells around :mod:`stages.isr.calibration_products`; in the default pipeline
 (``stages/pipelines/drp.yaml``) each is selected to its raws by a ``where:`` on
 ``visit.observation_type``, and the masters are written in the output run, where the ISR
-stage (:mod:`stages.calibrate.stages`) finds them as regular inputs::
+stage (``isr``, below) finds them as regular inputs::
 
     raw (bias)  --bias (instrument, detector)------------------------------> bias
     raw (dark)  --dark (instrument, detector; + bias)----------------------> dark
@@ -42,10 +45,11 @@ from .calibration_products import (
     CalibrationProduct,
     combine_bias,
     combine_dark,
+    combine_defects,
     combine_flat,
     normalize_flats,
 )
-from .correction import IsrConfig
+from .correction import IsrConfig, run_isr
 
 DETECTOR_DIMS = ("instrument", "detector")
 VISIT_DIMS = ("instrument", "visit", "detector")
@@ -251,3 +255,41 @@ def apply_flat_scale(flat: CalibrationProduct, normalization: dict, detector: in
         metadata={**flat.metadata, "FLATSCAL": scale, "FPNORM": True},
     )
     return product.to_hdulist()
+
+
+POST_ISR = Connection("postISRCCD", VISIT_DIMS, "Exposure", doc="ISR-corrected image (electrons)")
+
+
+@dataclass(frozen=True)
+class IsrStageConfig:
+    """Options of the ISR stage (see :class:`stages.isr.correction.IsrConfig`)."""
+
+    isr: IsrConfig = field(default_factory=IsrConfig)
+
+
+class IsrStage(Stage):
+    """Instrument signature removal of one science raw with the run's master calibrations."""
+
+    dimensions = VISIT_DIMS
+    inputs = {
+        "raw": Connection("raw", VISIT_DIMS, "Fits", doc="raw science exposure"),
+        "bias": BIAS,
+        "dark": DARK,
+        "flat": FLAT,
+        "camera": CAMERA,
+    }
+    outputs = {"exposure": POST_ISR}
+    config_class = IsrStageConfig
+
+    def run(self, raw, bias, dark, flat, camera) -> dict[str, Any]:
+        bias_p, dark_p, flat_p = _product(bias), _product(dark), _product(flat)
+        exposure = run_isr(
+            raw,
+            camera_from_dataset(camera),
+            bias_p,
+            dark_p,
+            flat_p,
+            combine_defects(dark_p, flat_p),
+            self.config.isr,
+        )
+        return {"exposure": exposure}

@@ -24,7 +24,8 @@ from astropy.table import Table
 from repo.errors import DrpError
 from repo.psf import Psf
 
-from .measurement import CHUNK, adaptive_moments_of_stamps, psf_kernels
+from .moments import adaptive_moments_of_stamps
+from .stamps import CHUNK, psf_kernels
 
 
 def psf_moments(

@@ -9,8 +9,8 @@ each source with functions named for what they measure:
 * :func:`windowed_centroids` -- SExtractor's XWIN/YWIN (``sep.winpos``, window from the
   half-light radius);
 * :func:`aperture_fluxes` -- circular apertures (LSST names ``ap09Flux`` for radius 9 pixels);
-* :func:`psf_fluxes` -- linear fit of the PSF model, shifted to the source position;
-* :func:`adaptive_moments` -- elliptical-Gaussian-weighted second moments (LSST ``ixx`` ...);
+* :func:`stages.measure.psf_flux.psf_fluxes` -- linear fit of the PSF model, shifted to the source position;
+* :func:`stages.measure.moments.adaptive_moments` -- elliptical-Gaussian-weighted second moments (LSST ``ixx`` ...);
 * :func:`pixel_flags` -- mask planes found in each source's footprint and centre.
 
 Every flux is in the image's units (instFlux); conversion to nJy is the photometric
@@ -19,7 +19,6 @@ calibration's job. :data:`SOURCE_COLUMNS` documents every output column.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,13 +27,14 @@ from astropy.table import Table
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-from repo.psf import Psf
+
+from .moments import adaptive_moments
+from .psf_flux import psf_fluxes
+from .stamps import stamps
 
 #: SExtractor's default 3x3 detection filter ("all-ground", FWHM 2 pixels).
 DEFAULT_FILTER = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
 
-#: Sources measured together in the stamp-based measurements (bounds their memory).
-CHUNK = 512
 
 #: Flag column -> mask planes whose presence in the footprint sets it.
 FOOTPRINT_FLAG_PLANES: dict[str, tuple[str, ...]] = {
@@ -309,235 +309,6 @@ def aperture_fluxes(
         out[f"{name}FluxErr"] = err
         out[f"{name}Flag"] = flag & (sep.APER_TRUNC | sep.APER_HASMASKED) != 0
     return out
-
-
-def stamps(image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
-    """``(n, 2 half + 1, 2 half + 1)`` cut-outs centred on integer pixels, zero off the image."""
-    ny, nx = image.shape
-    offsets = np.arange(-half, half + 1)
-    rows = np.asarray(iy, int)[:, None] + offsets
-    cols = np.asarray(ix, int)[:, None] + offsets
-    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-    cut = image[np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]]
-    return np.where(inside, cut, 0).astype(np.float64)
-
-
-def shift_kernels(kernels: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """Shift centred kernels ``(n, s, s)`` by sub-pixel ``(dx, dy)`` (Fourier phase ramp)."""
-    n, sy, sx = kernels.shape
-    fy = np.fft.fftfreq(sy)[None, :, None]
-    fx = np.fft.rfftfreq(sx)[None, None, :]
-    phase = np.exp(
-        -2j * np.pi * (fx * np.asarray(dx)[:, None, None] + fy * np.asarray(dy)[:, None, None])
-    )
-    return np.fft.irfft2(np.fft.rfft2(kernels) * phase, s=(sy, sx))
-
-
-def psf_kernels(psf: Psf, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """PSF kernels at positions ``(n, s, s)``, centred on the central pixel."""
-    batch = getattr(psf, "kernel_images", None)
-    if batch is not None:
-        return batch(x, y)
-    return np.array([psf.kernel_image(float(a), float(b)) for a, b in zip(x, y, strict=True)])
-
-
-def psf_fluxes(
-    image: np.ndarray,
-    variance: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    psf: Psf,
-    ignore: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """PSF flux: linear least-squares amplitude of the PSF model centred at ``(x, y)``.
-
-    ``flux = sum(K D) / sum(K^2)`` over the kernel's stamp (pixels on the image and not ignored),
-    with ``K`` the unit-sum kernel shifted to the sub-pixel position; the error is
-    ``sqrt(sum(K^2 V)) / sum(K^2)`` from the variance plane ``V``. Uniform weights keep the
-    estimator unbiased for bright sources whose own photon noise is in ``V``. ``psfChi2`` is
-    the reduced chi^2 of the fit within 2 FWHM of the centre.
-
-    Returns ``psfFlux``, ``psfFluxErr``, ``psfChi2`` and ``flag_psfFlux``.
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if x.size == 0:
-        empty = np.zeros(0)
-        return {"psfFlux": empty, "psfFluxErr": empty, "psfChi2": empty, "flag_psfFlux": empty > 0}
-    parts = [
-        _psf_fluxes_chunk(image, variance, x[k : k + CHUNK], y[k : k + CHUNK], psf, ignore)
-        for k in range(0, x.size, CHUNK)
-    ]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
-def _psf_fluxes_chunk(
-    image: np.ndarray,
-    variance: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    psf: Psf,
-    ignore: np.ndarray | None,
-) -> dict[str, np.ndarray]:
-    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    kernels = shift_kernels(psf_kernels(psf, x, y), x - ix, y - iy)
-    half = kernels.shape[-1] // 2
-    data = stamps(image, ix, iy, half)
-    var = stamps(variance, ix, iy, half)
-    valid = stamps(np.ones(image.shape), ix, iy, half) > 0
-    if ignore is not None:
-        valid &= stamps(~ignore, ix, iy, half) > 0
-    k = np.where(valid, kernels, 0.0)
-    kk = (k * k).sum(axis=(1, 2))
-    flux = (k * data).sum(axis=(1, 2)) / kk
-    err = np.sqrt((k * k * np.where(valid, var, 0.0)).sum(axis=(1, 2))) / kk
-    above_half = kernels > 0.5 * kernels.max(axis=(1, 2), keepdims=True)
-    fwhm = 2.0 * np.sqrt(above_half.sum(axis=(1, 2)) / math.pi)
-    offsets = np.arange(-half, half + 1)
-    r2 = offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2
-    core = valid & (r2 <= (2.0 * fwhm[:, None, None]) ** 2) & (var > 0)
-    resid = np.where(core, (data - flux[:, None, None] * kernels) ** 2 / np.where(core, var, 1), 0)
-    chi2 = resid.sum(axis=(1, 2)) / np.maximum(core.sum(axis=(1, 2)) - 1, 1)
-    truncated = valid.sum(axis=(1, 2)) < kernels[0].size
-    failed = ~np.isfinite(flux) | ~np.isfinite(err) | (kk <= 0)
-    return {"psfFlux": flux, "psfFluxErr": err, "psfChi2": chi2, "flag_psfFlux": failed | truncated}
-
-
-# ------------------------------------------------------------------------------------- moments
-def adaptive_moments_of_stamps(
-    data: np.ndarray,
-    x0: np.ndarray,
-    y0: np.ndarray,
-    sigma0: np.ndarray | float = 2.0,
-    max_iter: int = 50,
-    tol: float = 1e-6,
-) -> dict[str, np.ndarray]:
-    """Adaptive moments of a stack of stamps ``(n, s, s)`` (vectorized).
-
-    Iterates an elliptical Gaussian weight of covariance ``C`` centred on the weighted centroid
-    until ``C`` equals twice the weighted covariance (the fixed point at which a Gaussian is
-    weighted by itself; ``C`` is then its covariance, as :func:`repo.psf.adaptive_sigma`).
-    ``x0, y0`` are the starting centroids relative to the stamp centre.
-
-    Returns ``ixx``, ``iyy``, ``ixy``, the centroid offsets ``dx``, ``dy`` from the stamp centre
-    and ``failed`` (not converged, non-positive, or larger than the stamp).
-    """
-    n, sy, sx = data.shape
-    yy, xx = np.mgrid[:sy, :sx]
-    xx = (xx - (sx - 1) / 2.0)[None].astype(float)
-    yy = (yy - (sy - 1) / 2.0)[None].astype(float)
-    cx = np.array(x0, dtype=float) * np.ones(n)
-    cy = np.array(y0, dtype=float) * np.ones(n)
-    s2 = (np.asarray(sigma0, dtype=float) * np.ones(n)) ** 2
-    cxx, cyy, cxy = s2.copy(), s2.copy(), np.zeros(n)
-    converged = np.zeros(n, bool)
-    limit = (min(sx, sy) / 4.0) ** 2
-    active = np.arange(n)
-    for _ in range(max_iter):
-        if active.size == 0:
-            break
-        a = active
-        det = cxx[a] * cyy[a] - cxy[a] * cxy[a]
-        ok = (det > 0) & (cxx[a] > 0)  # positive definite
-        det = np.where(ok, det, 1.0)
-        ixx, iyy, ixy = cyy[a] / det, cxx[a] / det, -cxy[a] / det
-        dx = xx - cx[a, None, None]
-        dy = yy - cy[a, None, None]
-        quad = ixx[:, None, None] * dx * dx + 2 * ixy[:, None, None] * dx * dy
-        quad += iyy[:, None, None] * dy * dy
-        # clipped both ways: a covariance that is not positive definite gives quad < 0
-        w = data[a] * np.exp(-0.5 * np.clip(quad, -200.0, 200.0))
-        total = w.sum(axis=(1, 2))
-        good = ok & (total > 0)
-        total = np.where(good, total, 1.0)
-        wx, wy = w * dx, w * dy
-        mx = wx.sum(axis=(1, 2)) / total
-        my = wy.sum(axis=(1, 2)) / total
-        # M: the weighted covariance; the fixed point is C = 2 M.
-        mxx = (wx * dx).sum(axis=(1, 2)) / total - mx * mx
-        myy = (wy * dy).sum(axis=(1, 2)) / total - my * my
-        mxy = (wx * dy).sum(axis=(1, 2)) / total - mx * my
-        change = 2.0 * np.abs(np.array([mxx, myy, mxy]) - 0.5 * np.array([cxx[a], cyy[a], cxy[a]]))
-        change = change.max(axis=0)
-        scale = np.maximum(2.0 * (np.abs(mxx) + np.abs(myy)), 1e-12)
-        nxx, nyy, nxy, step_x, step_y = _moments_step(mxx, myy, mxy, mx, my, ixx, iyy, ixy)
-        cx[a] = np.where(good, cx[a] + step_x, cx[a])
-        cy[a] = np.where(good, cy[a] + step_y, cy[a])
-        upd = good & (nxx > 0) & (nyy > 0) & (nxx * nyy - nxy * nxy > 0)
-        cxx[a] = np.where(upd, np.clip(nxx, 0.05, limit), cxx[a])
-        cyy[a] = np.where(upd, np.clip(nyy, 0.05, limit), cyy[a])
-        cxy[a] = np.where(upd, nxy, cxy[a])
-        done = upd & (change <= tol * scale) & (np.abs(mx) + np.abs(my) < 1e-4)
-        converged[a] = done
-        # Sources that converged, or whose weight degenerated, leave the iteration.
-        active = a[~done & good]
-    failed = ~converged | (cxx >= limit) | (cyy >= limit) | (np.hypot(cx, cy) > 3.0)
-    return {"ixx": cxx, "iyy": cyy, "ixy": cxy, "dx": cx, "dy": cy, "failed": failed}
-
-
-def _moments_step(mxx, myy, mxy, mx, my, ixx, iyy, ixy):
-    """The next weight covariance and centroid step of the adaptive-moments iteration.
-
-    For a Gaussian source of covariance ``S`` at offset ``d`` from a Gaussian weight of
-    covariance ``C`` (inverse ``ixx, iyy, ixy``), the weighted covariance is
-    ``M = (S^-1 + C^-1)^-1`` and the weighted mean offset ``m = M S^-1 d``; so
-    ``S = (M^-1 - C^-1)^-1`` and ``d = S M^-1 m``, which this returns: one step solves a Gaussian
-    source, and its fixed point is that of the plain iteration ``C <- 2 M``, ``d <- m`` (where
-    ``C = S``, ``M = C / 2``), which converges only by halves. Where the Gaussian solution is not
-    positive definite or moves the size by more than a factor 3 (noise, far from the solution)
-    the plain step is taken.
-    """
-    det_m = mxx * myy - mxy * mxy
-    ok = det_m > 0
-    det_m = np.where(ok, det_m, 1.0)
-    pxx, pyy, pxy = myy / det_m - ixx, mxx / det_m - iyy, -mxy / det_m - ixy
-    det_p = pxx * pyy - pxy * pxy
-    ok &= (det_p > 0) & (pxx > 0)
-    det_p = np.where(ok, det_p, 1.0)
-    sxx, syy, sxy = pyy / det_p, pxx / det_p, -pxy / det_p
-    ratio = (sxx + syy) / np.maximum(2.0 * (mxx + myy), 1e-12)
-    ok &= (ratio > 1.0 / 3.0) & (ratio < 3.0)
-    ux, uy = (myy * mx - mxy * my) / det_m, (mxx * my - mxy * mx) / det_m  # M^-1 m
-    return (
-        np.where(ok, sxx, 2.0 * mxx),
-        np.where(ok, syy, 2.0 * myy),
-        np.where(ok, sxy, 2.0 * mxy),
-        np.where(ok, sxx * ux + sxy * uy, mx),
-        np.where(ok, sxy * ux + syy * uy, my),
-    )
-
-
-def adaptive_moments(
-    image: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    sigma0: np.ndarray | float = 2.0,
-    half_size: int = 15,
-) -> dict[str, np.ndarray]:
-    """Adaptive second moments of sources at ``(x, y)`` in an image (see
-    :func:`adaptive_moments_of_stamps`); returns ``ixx``, ``iyy``, ``ixy`` (pixels^2), the
-    adaptive centroid ``x``, ``y`` and ``failed``."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    sigma0 = np.broadcast_to(np.asarray(sigma0, dtype=float), x.shape)
-    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    parts = [
-        adaptive_moments_of_stamps(
-            stamps(image, ix[k : k + CHUNK], iy[k : k + CHUNK], half_size),
-            (x - ix)[k : k + CHUNK],
-            (y - iy)[k : k + CHUNK],
-            sigma0[k : k + CHUNK],
-        )
-        for k in range(0, x.size, CHUNK)
-    ]
-    names = ("ixx", "iyy", "ixy", "dx", "dy", "failed")
-    result = {
-        name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0) for name in names
-    }
-    result["failed"] = result["failed"].astype(bool)
-    result["x"] = ix + result.pop("dx")
-    result["y"] = iy + result.pop("dy")
-    return result
 
 
 def centroid_errors(
