@@ -1,7 +1,7 @@
-"""The pipeline commands of ``drp``: run, pipeline show, provenance and skymap.
+"""The pipeline commands of ``drp``: run, pipeline show, provenance, skymap, report and demo.
 
-They are thin: parse options, call :mod:`stages`, print. Importing this module registers them on
-the :func:`cli.main.cli` group.
+They are thin: parse options, call :mod:`stages`, print; :mod:`cli.main` adds :data:`COMMANDS`
+to the ``drp`` group.
 """
 
 from __future__ import annotations
@@ -15,31 +15,25 @@ import click
 
 from repo.errors import DrpError
 from repo.regions import Circle, ConvexPolygon
+from repo.repository import Repository
 from repo.skymap import SkyMapConfig
+from repo.storage import parse_storage_options
 
-from .main import (
-    _binds,
-    _split,
+from .options import (
     bind_option,
-    cli,
     collections_option,
+    config_option,
     format_option,
     open_repo,
+    parse_binds,
+    split_values,
     storage_option,
     where_option,
 )
 from .output import format_rows
 
-config_option = click.option(
-    "--config",
-    "overrides",
-    multiple=True,
-    metavar="LABEL.KEY=VALUE",
-    help="Override a stage's config, e.g. calibrate.gain=1.5 (repeatable).",
-)
 
-
-@cli.command()
+@click.command()
 @click.argument("repo")
 @click.argument("pipeline")
 @click.option(
@@ -126,9 +120,9 @@ def run(
         r,
         pipe,
         output_run=output_run,
-        inputs=_split(inputs),
+        inputs=split_values(inputs),
         where=where,
-        binds=_binds(binds),
+        binds=parse_binds(binds),
         clobber=clobber,
         skymap=skymap,
     )
@@ -150,7 +144,7 @@ def run(
         sys.exit(1)
 
 
-@cli.group("pipeline")
+@click.group("pipeline")
 def pipeline_group() -> None:
     """Inspect pipelines (YAML files, or 'drp' for the pipeline shipped with drp)."""
 
@@ -168,7 +162,7 @@ def pipeline_show(pipeline: str, overrides: Sequence[str]) -> None:
     click.echo(Pipeline.load(pipeline, list(overrides)).describe())
 
 
-@cli.command()
+@click.command()
 @click.argument("repo")
 @click.argument("dataset_type")
 @collections_option
@@ -195,7 +189,10 @@ def provenance(
 
     r = open_repo(repo, storage_options)
     refs = r.query_datasets(
-        dataset_type, collections=_split(collections) or None, where=where, binds=_binds(binds)
+        dataset_type,
+        collections=split_values(collections) or None,
+        where=where,
+        binds=parse_binds(binds),
     )
     if not refs:
         raise DrpError(f"no {dataset_type} datasets match {where or 'the query'}")
@@ -206,7 +203,7 @@ def provenance(
 # -- sky map -------------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 @click.argument("repo")
 @storage_option
 @click.pass_context
@@ -264,7 +261,7 @@ def skymap_register(
         config = PRESETS[preset]()
     if name:
         config = SkyMapConfig.from_dict({**config.to_dict(), "name": name})
-    tract_ids = [int(t) for t in _split(tracts)]
+    tract_ids = [int(t) for t in split_values(tracts)]
     result = register_skymap(_skymap_repo(ctx), config, tracts=tract_ids, for_visits=not no_visits)
     click.echo(
         f"registered sky map {config.name} ({result.skymap.num_tracts} tracts, hash "
@@ -396,7 +393,7 @@ def skymap_find(
     click.echo(format_rows([{"tract": t, "patch": p} for t, p in pairs], fmt))
 
 
-@cli.command()
+@click.command()
 @click.argument("repo")
 @collections_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -431,7 +428,7 @@ def report(
     from stages.quality.report import collect_report, format_report
 
     r = open_repo(repo, storage_options)
-    data = collect_report(r, _split(collections) or [DEMO_RUN, DEFAULTS])
+    data = collect_report(r, split_values(collections) or [DEMO_RUN, DEFAULTS])
     scores = data.report
     click.echo(json.dumps(scores, indent=1) if as_json else format_report(scores))
     if plot_path:
@@ -450,19 +447,85 @@ def _only_instrument(repo: Any) -> str:
     return names[0]
 
 
-def _register_on_script_copy() -> None:
-    """Give these commands to ``__main__``'s group too when drp runs as ``python -m cli.main``.
+@click.command()
+@click.argument("repo", default="drp-demo")
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "default"]),
+    default="default",
+    show_default=True,
+    help="Survey size preset.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Simulation seed.")
+@click.option("--detectors", type=int, default=None, help="Detectors in the camera.")
+@click.option(
+    "--visits",
+    "epochs",
+    type=int,
+    default=None,
+    help="Epochs (each epoch observes every band once).",
+)
+@click.option("--bands", default=None, help="Bands, e.g. g,r,i.")
+@click.option("--size", type=int, default=None, help="Detector size in pixels (square).")
+@click.option("-j", "--jobs", type=int, default=0, help="Worker processes (default: all cores).")
+@storage_option
+def demo(
+    repo: str,
+    preset: str,
+    seed: int,
+    detectors: int | None,
+    epochs: int | None,
+    bands: str | None,
+    size: int | None,
+    jobs: int,
+    storage_options: Sequence[str],
+) -> None:
+    """Simulate a small survey into REPO, process it and print the report; run again to resume.
 
-    Then cli/main.py runs as the module ``__main__``, a second copy of ``cli.main`` with its own
-    ``cli`` group, while this module registered its commands on ``cli.main.cli``.
+    The default pipeline's singleFrame subset runs from SimCam/defaults into SimCam/runs/demo
+    (see drp pipeline show drp#singleFrame); the report scores it against the simulator's
+    truth (drp report REPO --json for the figures as JSON).
+
+    Example: drp demo ./drp-demo --preset tiny
     """
-    script = sys.modules.get("__main__")
-    spec = getattr(script, "__spec__", None)
-    group = getattr(script, "cli", None)
-    if spec is not None and spec.name == "cli.main" and isinstance(group, click.Group):
-        for name in ("run", "pipeline", "provenance", "skymap", "report"):
-            if group is not cli and name not in group.commands:
-                group.add_command(cli.commands[name])
+    import time
+
+    from stages.demo import DEFAULTS, DEMO_PIPELINE, DEMO_RUN, process_survey, simulate_survey
+    from stages.quality.report import format_report, score_repository
+    from stages.simulate import SurveyConfig
+
+    options = {
+        "n_detectors": detectors,
+        "n_epochs": epochs,
+        "size": size,
+        "bands": tuple(split_values([bands])) if bands else None,
+    }
+    config = SurveyConfig.from_preset(preset, seed=seed, **options)
+    r = Repository.create(repo, parse_storage_options(storage_options), exist_ok=True)
+    click.echo(
+        f"simulating the {preset} survey into {r.storage.url} "
+        f"({config.n_detectors} detectors of {config.size}^2, bands "
+        f"{','.join(config.bands)}, {config.n_epochs} epochs, seed {config.seed})"
+    )
+    summary = simulate_survey(r, config, jobs=jobs)
+    click.echo(
+        f"simulation: {summary.simulated} raws simulated, {summary.skipped} already there, "
+        f"{summary.megapixels:.1f} Mpix in {summary.seconds:.1f} s "
+        f"({summary.mpix_per_second:.2f} Mpix/s)"
+    )
+    start = time.perf_counter()
+    run = process_survey(r, jobs=jobs)
+    click.echo(f"pipeline {DEMO_PIPELINE} into {DEMO_RUN}: {run.describe()}")
+    click.echo(f"processing took {time.perf_counter() - start:.1f} s")
+    counts = r.sql(
+        "SELECT dataset_type, run, count(*) AS n FROM datasets "
+        "GROUP BY ALL ORDER BY run, dataset_type"
+    )
+    click.echo(format_rows(counts.to_pylist(), "table", ["run", "dataset_type", "n"]))
+    click.echo(format_report(score_repository(r, [DEMO_RUN, DEFAULTS])))
+    click.echo(f"as figures: drp report {r.storage.url} --plot report.png")
+    if not run.ok:
+        sys.exit(1)
 
 
-_register_on_script_copy()
+COMMANDS = [run, pipeline_group, provenance, skymap, report, demo]

@@ -1,0 +1,446 @@
+"""The repository commands of ``drp``: create, ingest, query, collections, remove, verify,
+compact, transfer and sql. Thin: parse options, call :mod:`repo`, print."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from repo.repository import Repository, transfer
+from repo.storage import parse_storage_options
+
+from .options import (
+    bind_option,
+    collections_option,
+    format_option,
+    open_repo,
+    parse_binds,
+    split_values,
+    storage_option,
+    where_option,
+)
+from .output import format_rows
+
+
+@click.command()
+@click.argument("repo")
+@storage_option
+def create(repo: str, storage_options: Sequence[str]) -> None:
+    """Create an empty repository at REPO.
+
+    Example: drp create ./myrepo    or    drp create s3://bucket/survey
+    """
+    created = Repository.create(repo, parse_storage_options(storage_options))
+    click.echo(f"created repository {created.storage.url}")
+
+
+@click.command("register-dataset-type")
+@click.argument("repo")
+@click.argument("name")
+@click.option(
+    "--dimensions",
+    multiple=True,
+    required=True,
+    metavar="DIMS",
+    help="Dimensions, e.g. visit,detector (repeatable).",
+)
+@click.option(
+    "--storage-class",
+    required=True,
+    type=click.Choice(["Exposure", "Image", "Fits", "Catalog", "StructuredData"]),
+)
+@storage_option
+def register_dataset_type(
+    repo: str,
+    name: str,
+    dimensions: Sequence[str],
+    storage_class: str,
+    storage_options: Sequence[str],
+) -> None:
+    """Register dataset type NAME with its dimensions and storage class.
+
+    Example: drp register-dataset-type ./myrepo src --dimensions visit,detector
+    --storage-class Catalog
+    """
+    r = open_repo(repo, storage_options)
+    dataset_type = r.register_dataset_type(name, split_values(dimensions), storage_class)
+    click.echo(f"registered {dataset_type}")
+
+
+@click.command("register-instrument")
+@click.argument("repo")
+@click.argument("instrument")
+@storage_option
+def register_instrument(repo: str, instrument: str, storage_options: Sequence[str]) -> None:
+    """Insert the records (filters, detectors) of INSTRUMENT, e.g. SimCam or DECam.
+
+    Example: drp register-instrument ./myrepo DECam
+    """
+    from repo.instruments.base import get_instrument
+
+    inst = get_instrument(instrument)
+    open_repo(repo, storage_options).register_instrument(inst)
+    click.echo(f"registered instrument {inst.name}")
+
+
+@click.command()
+@click.argument("repo")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--run", required=True, help="RUN collection to ingest into.")
+@click.option("--instrument", default=None, help="Instrument name (default: from the headers).")
+@click.option(
+    "--transfer",
+    type=click.Choice(["copy", "link", "direct"]),
+    default="copy",
+    show_default=True,
+    help="Copy, hard-link, or leave the files in place.",
+)
+@click.option("--skip-existing", is_flag=True, help="Skip datasets that exist already.")
+@storage_option
+def ingest(
+    repo: str,
+    files: Sequence[str],
+    run: str,
+    instrument: str | None,
+    transfer: str,
+    skip_existing: bool,
+    storage_options: Sequence[str],
+) -> None:
+    """Register existing FITS FILES as datasets, with dataIds from their headers.
+
+    Example: drp ingest ./myrepo images/*_oo[idw]_*.fits --run DECam/raw
+    """
+    from repo.ingest import ingest as do_ingest
+
+    r = open_repo(repo, storage_options)
+    refs = do_ingest(
+        r,
+        list(files),
+        run=run,
+        instrument=instrument,
+        transfer=transfer,
+        mode="skip" if skip_existing else "error",
+    )
+    click.echo(f"ingested {len(refs)} dataset(s) into {run}")
+
+
+def _ref_row(ref: Any) -> dict[str, Any]:
+    return {
+        "dataset_type": ref.dataset_type.name,
+        "run": ref.run,
+        **dict(ref.data_id),
+        "id": ref.id,
+        "path": ref.path,
+    }
+
+
+@click.command("query-datasets")
+@click.argument("repo")
+@click.argument("dataset_types", nargs=-1)
+@collections_option
+@where_option
+@bind_option
+@click.option(
+    "--all-matches",
+    is_flag=True,
+    help="Show matches in every collection, not only the first in search order.",
+)
+@format_option
+@storage_option
+def query_datasets(
+    repo: str,
+    dataset_types: Sequence[str],
+    collections: Sequence[str],
+    where: str,
+    binds: Sequence[str],
+    all_matches: bool,
+    fmt: str,
+    storage_options: Sequence[str],
+) -> None:
+    """List datasets (of the given types; all types if none) matching --where.
+
+    Example: drp query-datasets ./myrepo src --where "visit IN (1..20) AND band = 'r'"
+    --format json
+    """
+    r = open_repo(repo, storage_options)
+    refs = r.query_datasets(
+        list(dataset_types) or None,
+        collections=split_values(collections) or None,
+        where=where,
+        binds=parse_binds(binds),
+        find_first=not all_matches,
+    )
+    click.echo(format_rows([_ref_row(ref) for ref in refs], fmt))
+
+
+@click.command("query-data-ids")
+@click.argument("repo")
+@click.argument("dimensions", nargs=-1, required=True)
+@click.option("--datasets", multiple=True, help="Only dataIds of existing datasets of a type.")
+@collections_option
+@where_option
+@bind_option
+@format_option
+@storage_option
+def query_data_ids(
+    repo: str,
+    dimensions: Sequence[str],
+    datasets: Sequence[str],
+    collections: Sequence[str],
+    where: str,
+    binds: Sequence[str],
+    fmt: str,
+    storage_options: Sequence[str],
+) -> None:
+    """List dataIds over DIMENSIONS (from dimension records, or from datasets).
+
+    Example: drp query-data-ids ./myrepo visit detector --where "band = 'g'"
+    """
+    r = open_repo(repo, storage_options)
+    ids = r.query_data_ids(
+        split_values(dimensions),
+        where=where,
+        binds=parse_binds(binds),
+        datasets=split_values(datasets) or None,
+        collections=split_values(collections) or None,
+    )
+    click.echo(format_rows([dict(i) for i in ids], fmt))
+
+
+@click.command("query-dimension-records")
+@click.argument("repo")
+@click.argument("element")
+@where_option
+@bind_option
+@format_option
+@storage_option
+def query_dimension_records(
+    repo: str,
+    element: str,
+    where: str,
+    binds: Sequence[str],
+    fmt: str,
+    storage_options: Sequence[str],
+) -> None:
+    """List the records of a dimension ELEMENT (visit, detector, tract, ...).
+
+    Example: drp query-dimension-records ./myrepo visit --where "exposure_time > 20"
+    """
+    r = open_repo(repo, storage_options)
+    click.echo(
+        format_rows(r.query_dimension_records(element, where=where, binds=parse_binds(binds)), fmt)
+    )
+
+
+@click.command()
+@click.argument("args", nargs=-1, required=True)
+@format_option
+@storage_option
+def collections(args: Sequence[str], fmt: str, storage_options: Sequence[str]) -> None:
+    """List collections, or define a chained collection.
+
+    \b
+    drp collections REPO                       list RUN and CHAINED collections
+    drp collections chain REPO NAME CHILD...   define NAME as a search path over CHILDs
+    Example: drp collections chain ./myrepo DECam/defaults DECam/calib DECam/raw
+    """
+    if args[0] == "chain":
+        if len(args) < 4:
+            raise click.UsageError("usage: drp collections chain REPO NAME CHILD [CHILD...]")
+        r = open_repo(args[1], storage_options)
+        chain = r.registry.define_chain(args[2], list(args[3:]))
+        click.echo(f"defined chain {chain.name} -> {', '.join(chain.children)}")
+        return
+    if len(args) != 1:
+        raise click.UsageError("usage: drp collections REPO  (or: drp collections chain ...)")
+    r = open_repo(args[0], storage_options)
+    rows = [
+        {"name": c.name, "type": c.type, "children": ", ".join(c.children)} for c in r.collections()
+    ]
+    click.echo(format_rows(rows, fmt, ["name", "type", "children"]))
+
+
+@click.command()
+@click.argument("repo")
+@click.argument("dataset_types", nargs=-1)
+@click.option("--run", default=None, help="Remove this RUN collection and all its datasets.")
+@collections_option
+@where_option
+@bind_option
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@storage_option
+def remove(
+    repo: str,
+    dataset_types: Sequence[str],
+    run: str | None,
+    collections: Sequence[str],
+    where: str,
+    binds: Sequence[str],
+    dry_run: bool,
+    storage_options: Sequence[str],
+) -> None:
+    """Remove a run, or the datasets matching a query (records first, then files).
+
+    \b
+    Examples: drp remove ./myrepo --run u/me/test
+              drp remove ./myrepo src --collections u/me/test --where "visit = 12"
+    """
+    r = open_repo(repo, storage_options)
+    if run is not None:
+        if dataset_types or collections or where:
+            raise click.UsageError("--run removes a whole run; give no types or --where with it")
+        refs = r.query_datasets(collections=run, find_first=False)
+        if dry_run:
+            click.echo(f"would remove run {run} with {len(refs)} dataset(s)")
+            return
+        click.echo(f"removed run {run} with {r.remove_run(run)} dataset(s)")
+        return
+    if not (dataset_types or collections or where):
+        raise click.UsageError("say what to remove: --run, or dataset types/--collections/--where")
+    refs = r.query_datasets(
+        list(dataset_types) or None,
+        collections=split_values(collections) or None,
+        where=where,
+        binds=parse_binds(binds),
+        find_first=False,
+    )
+    if dry_run:
+        click.echo(f"would remove {len(refs)} dataset(s)")
+        return
+    click.echo(f"removed {r.remove_datasets(refs)} dataset(s)")
+
+
+@click.command()
+@click.argument("repo")
+@click.option("--no-checksums", is_flag=True, help="Check sizes only (faster on S3).")
+@click.option("--delete-orphans", is_flag=True, help="Delete files that have no record.")
+@storage_option
+def verify(
+    repo: str, no_checksums: bool, delete_orphans: bool, storage_options: Sequence[str]
+) -> None:
+    """Check every record has its file with the right size and checksum; list orphans.
+
+    Exits with status 1 if anything is wrong. Example: drp verify ./myrepo
+    """
+    r = open_repo(repo, storage_options)
+    report = r.verify(checksums=not no_checksums)
+    for label, items in (
+        ("missing file", report.missing),
+        ("wrong size", report.bad_size),
+        ("bad checksum", report.bad_checksum),
+        ("orphan", report.orphans),
+    ):
+        for item in items:
+            click.echo(f"{label}: {item}")
+    if delete_orphans and report.orphans:
+        click.echo(f"deleted {r.delete_orphans(report)} orphan file(s)")
+        report.orphans = []
+    click.echo(
+        f"checked {report.checked} dataset(s): "
+        f"{len(report.missing)} missing, {len(report.bad_size)} wrong size, "
+        f"{len(report.bad_checksum)} bad checksum, {len(report.orphans)} orphan(s)"
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("repo")
+@storage_option
+def compact(repo: str, storage_options: Sequence[str]) -> None:
+    """Merge the registry's many small files into few (safe with concurrent writers).
+
+    Example: drp compact s3://bucket/survey
+    """
+    r = open_repo(repo, storage_options)
+    for table, (files, rows) in r.compact().items():
+        click.echo(f"{table}: merged {files} file(s), {rows} row(s)")
+
+
+@click.command("transfer")
+@click.argument("source")
+@click.argument("dest")
+@click.argument("dataset_types", nargs=-1)
+@collections_option
+@where_option
+@bind_option
+@storage_option
+@click.option(
+    "--dest-storage-option",
+    "dest_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Storage option for DEST (default: the same as --storage-option).",
+)
+@click.option("--create", is_flag=True, help="Create DEST if it is not a repository yet.")
+def transfer_cmd(
+    source: str,
+    dest: str,
+    dataset_types: Sequence[str],
+    collections: Sequence[str],
+    where: str,
+    binds: Sequence[str],
+    storage_options: Sequence[str],
+    dest_options: Sequence[str],
+    create: bool,
+) -> None:
+    """Copy datasets (files, records, provenance) from SOURCE to DEST.
+
+    Example: drp transfer ./myrepo s3://bucket/survey src --collections run1 --create
+    """
+    src = open_repo(source, storage_options)
+    dest_opts = parse_storage_options(dest_options or storage_options)
+    if create:
+        dst = Repository.create(dest, dest_opts, exist_ok=True)
+    else:
+        dst = Repository(dest, dest_opts)
+    refs = src.query_datasets(
+        list(dataset_types) or None,
+        collections=split_values(collections) or None,
+        where=where,
+        binds=parse_binds(binds),
+        find_first=False,
+    )
+    copied = transfer(src, dst, refs)
+    click.echo(f"transferred {copied} dataset(s) ({len(refs) - copied} already there)")
+
+
+@click.command()
+@click.argument("repo")
+@click.argument("query")
+@collections_option
+@format_option
+@storage_option
+def sql(
+    repo: str, query: str, collections: Sequence[str], fmt: str, storage_options: Sequence[str]
+) -> None:
+    """Run a read-only SELECT with DuckDB over the registry and the catalogs.
+
+    Tables: datasets, one per dimension (visit, detector, tract, ...), one per Catalog dataset
+    type (e.g. src) with its hive partition columns.
+
+    Example: drp sql ./myrepo "SELECT band, count(*) FROM src GROUP BY band"
+    """
+    r = open_repo(repo, storage_options)
+    table = r.sql(query, collections=split_values(collections) or None)
+    click.echo(format_rows(table.to_pylist(), fmt, table.column_names))
+
+
+COMMANDS = [
+    create,
+    register_dataset_type,
+    register_instrument,
+    ingest,
+    query_datasets,
+    query_data_ids,
+    query_dimension_records,
+    collections,
+    remove,
+    verify,
+    compact,
+    transfer_cmd,
+    sql,
+]
