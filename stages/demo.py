@@ -42,6 +42,7 @@ from repo.registry import Provenance
 from repo.repository import Repository
 from stages.simulate.truth import masks_to_hdulist
 
+from .framework.executors import prepare_worker_process
 from .simulate import SurveyConfig, make_plan, make_sky, simulate_calibration_frames, simulate_raw
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,11 @@ def _init_worker(url: str, storage_options: dict[str, Any], config: SurveyConfig
     _WORKER.update(repo=Repository(url, storage_options), plan=plan, sky=make_sky(config, plan))
 
 
+def _init_pool_worker(parent_pid: int, *args: Any) -> None:
+    prepare_worker_process(parent_pid)
+    _init_worker(*args)
+
+
 def _simulate_unit(exposure: int, detector: int, kind: str) -> tuple[bool, float]:
     """Simulate and store one raw (with its truth); returns (simulated?, megapixels)."""
     repo: Repository = _WORKER["repo"]
@@ -250,7 +256,10 @@ def simulate_survey(repo: Repository, config: SurveyConfig, *, jobs: int = 0) ->
     else:
         # spawn: a forked child would inherit fsspec/s3fs threads in an unusable state
         with ProcessPoolExecutor(
-            jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=args
+            jobs,
+            mp_context=get_context("spawn"),
+            initializer=_init_pool_worker,
+            initargs=(os.getpid(), *args),
         ) as pool:
             futures = [pool.submit(_simulate_unit, *unit) for unit in units]
             for future in _progress(as_completed(futures), len(units), "simulate"):
