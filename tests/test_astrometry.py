@@ -185,6 +185,29 @@ def test_sip_fit_recovers_distortion_without_prior(survey):
     assert fitted.sip is not None and fitted.to_header(relax=True)["A_ORDER"] == 3
 
 
+@pytest.mark.parametrize("from_header", [False, True])
+def test_linear_fit_on_a_sip_prior_applies_the_fitted_cd(survey, from_header):
+    """Order 1 on top of the camera's SIP: the fitted CD matrix must be used, also when the
+    prior WCS was read from a FITS header (PC + CDELT form), where WCSLIB ignores a CD set on
+    it (a calexp read from disk once kept the prior's linear terms, 11 mas instead of 7)."""
+    config, plan, _ = survey
+    camera, c = plan.camera, plan.visits[0].conditions
+    truth = camera.wcs(2, c.true_ra, c.true_dec, c.true_rotation)
+    prior = camera.wcs(2, c.true_ra, c.true_dec, c.true_rotation + 0.05)  # 3 arcmin of rotation
+    if from_header:
+        prior = WCS(prior.to_header(relax=True))
+        assert not prior.wcs.has_cd()
+    gy, gx = np.mgrid[0 : config.size : 128, 0 : config.size : 128]
+    x, y = gx.ravel().astype(float), gy.ravel().astype(float)
+    ra, dec = truth.all_pix2world(x, y, 0)
+    before = np.hypot(*sky_residuals_mas(prior, x, y, ra, dec)).max()
+    fitted = fit_tan_sip(x, y, ra, dec, prior, 1, (config.size, config.size))
+    after = np.hypot(*sky_residuals_mas(fitted, x, y, ra, dec)).max()
+    assert before > 200.0
+    assert after < 1.0, after
+    assert fitted.sip is not None
+
+
 def test_shift_only_fit_keeps_the_projection(survey):
     config, plan, _ = survey
     c = plan.visits[0].conditions

@@ -255,14 +255,10 @@ def fit_tan_sip(
             break
     cd = coeffs[1:3].T  # rows xi, eta; columns u, v (powers (1,0) then (0,1))
     crpix = initial.wcs.crpix.copy()
-    if order == 1 and initial.sip is not None:
-        out = initial.deepcopy()
-        out.wcs.crval = list(crval)
-        out.wcs.cd = cd
-        out.wcs.set()
-        return out
     if order == 1:
-        return _new_tan_sip(crpix, crval, cd, None)
+        # the prior's distortion (if any) under the refitted linear terms, in a new WCS: WCSLIB
+        # ignores a CD matrix set on a WCS read from a header, which has PC and CDELT instead
+        return _new_tan_sip(crpix, crval, cd, initial.sip)
     higher = {pq: coeffs[k] for k, pq in enumerate(powers) if sum(pq) >= 2}
     sip = _sip_on_grid(initial, cd, higher, shape, max(order, _sip_order(initial)))
     return _new_tan_sip(crpix, crval, cd, sip)
