@@ -76,6 +76,12 @@ from .output import format_rows
     is_flag=True,
     help="Redo quanta whose outputs exist already; also the way to accept a changed config.",
 )
+@click.option(
+    "--keep-intermediates",
+    is_flag=True,
+    help="Also write the pipeline's intermediate images (e.g. postISRCCD, icExp), which are "
+    "otherwise handed from stage to stage in memory.",
+)
 @config_option
 @click.option("--skymap", default=None, help="Sky map to use if several are registered.")
 @storage_option
@@ -92,6 +98,7 @@ def run(
     details: bool,
     graph_format: str,
     clobber: bool,
+    keep_intermediates: bool,
     overrides: Sequence[str],
     skymap: str | None,
     storage_options: Sequence[str],
@@ -102,6 +109,9 @@ def run(
     re-running the same command after a crash completes exactly what is missing. Outputs made
     with another config are refused unless --clobber is given. Exits with status 1 if any
     quantum failed (the summary lists each error; quanta downstream of a failure are blocked).
+    The pipeline's intermediates (drp pipeline show lists them) pass from stage to stage in
+    memory, each detector's chain in one worker, and are not written unless
+    --keep-intermediates is given.
 
     \b
     Examples:
@@ -125,6 +135,7 @@ def run(
         binds=parse_binds(binds),
         clobber=clobber,
         skymap=skymap,
+        keep_intermediates=keep_intermediates,
     )
     if dry_run:
         click.echo(graph.to_json() if graph_format == "json" else graph.describe(details=details))
@@ -468,6 +479,11 @@ def _only_instrument(repo: Any) -> str:
 @click.option("--bands", default=None, help="Bands, e.g. g,r,i.")
 @click.option("--size", type=int, default=None, help="Detector size in pixels (square).")
 @click.option("-j", "--jobs", type=int, default=0, help="Worker processes (default: all cores).")
+@click.option(
+    "--keep-intermediates",
+    is_flag=True,
+    help="Also write the intermediate images postISRCCD and icExp (about 1.2 GB more).",
+)
 @storage_option
 def demo(
     repo: str,
@@ -478,6 +494,7 @@ def demo(
     bands: str | None,
     size: int | None,
     jobs: int,
+    keep_intermediates: bool,
     storage_options: Sequence[str],
 ) -> None:
     """Simulate a small survey into REPO, process it and print the report; run again to resume.
@@ -514,7 +531,7 @@ def demo(
         f"({summary.mpix_per_second:.2f} Mpix/s)"
     )
     start = time.perf_counter()
-    run = process_survey(r, jobs=jobs)
+    run = process_survey(r, jobs=jobs, keep_intermediates=keep_intermediates)
     click.echo(f"pipeline {DEMO_PIPELINE} into {DEMO_RUN}: {run.describe()}")
     click.echo(f"processing took {time.perf_counter() - start:.1f} s")
     counts = r.sql(

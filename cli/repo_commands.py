@@ -316,14 +316,19 @@ def remove(
 @click.command()
 @click.argument("repo")
 @click.option("--no-checksums", is_flag=True, help="Check sizes only (faster on S3).")
-@click.option("--delete-orphans", is_flag=True, help="Delete files that have no record.")
+@click.option(
+    "--delete-orphans",
+    is_flag=True,
+    help="Delete files that have no record, and temporary files older than an hour.",
+)
 @storage_option
 def verify(
     repo: str, no_checksums: bool, delete_orphans: bool, storage_options: Sequence[str]
 ) -> None:
     """Check every record has its file with the right size and checksum; list orphans.
 
-    Exits with status 1 if anything is wrong. Example: drp verify ./myrepo
+    Temporary files (.tmp-*: writes in progress, or left by a killed process) are counted but
+    are not a fault. Exits with status 1 if anything is wrong. Example: drp verify ./myrepo
     """
     r = open_repo(repo, storage_options)
     report = r.verify(checksums=not no_checksums)
@@ -335,13 +340,14 @@ def verify(
     ):
         for item in items:
             click.echo(f"{label}: {item}")
-    if delete_orphans and report.orphans:
-        click.echo(f"deleted {r.delete_orphans(report)} orphan file(s)")
+    if delete_orphans and (report.orphans or report.temporary):
+        click.echo(f"deleted {r.delete_orphans(report)} orphan or old temporary file(s)")
         report.orphans = []
+    temporary = f", {len(report.temporary)} temporary file(s)" if report.temporary else ""
     click.echo(
         f"checked {report.checked} dataset(s): "
         f"{len(report.missing)} missing, {len(report.bad_size)} wrong size, "
-        f"{len(report.bad_checksum)} bad checksum, {len(report.orphans)} orphan(s)"
+        f"{len(report.bad_checksum)} bad checksum, {len(report.orphans)} orphan(s){temporary}"
     )
     if not report.ok:
         sys.exit(1)

@@ -105,13 +105,19 @@ def checksum_of(data: bytes) -> str:
 
 @dataclass
 class VerifyReport:
-    """What ``verify`` found: problems with recorded files, and unrecorded files."""
+    """What ``verify`` found: problems with recorded files, and unrecorded files.
+
+    ``temporary`` are the temporary files of writes (``.tmp-*``): a write in progress, or the
+    leftover of one that was killed. They are listed but are not a fault: no record points at
+    them and no reader ever opens them.
+    """
 
     checked: int = 0
     missing: list[str] = field(default_factory=list)
     bad_size: list[str] = field(default_factory=list)
     bad_checksum: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    temporary: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -819,20 +825,29 @@ class Repository:
             elif data is not None and checksum_of(data) != ref.checksum:
                 report.bad_checksum.append(self._uri(ref.path))
         for relpath, _size in self.storage.walk_files(""):
-            if relpath == REPO_CONFIG or relpath.startswith(REGISTRY_DIR + "/"):
-                if TEMP_PREFIX in relpath:
-                    report.orphans.append(self.storage.uri(relpath))
+            if relpath.rpartition("/")[2].startswith(TEMP_PREFIX):
+                report.temporary.append(self.storage.uri(relpath))
+            elif relpath == REPO_CONFIG or relpath.startswith(REGISTRY_DIR + "/"):
                 continue
-            if relpath not in recorded:
+            elif relpath not in recorded:
                 report.orphans.append(self.storage.uri(relpath))
         return report
 
-    def delete_orphans(self, report: VerifyReport) -> int:
-        """Delete the unrecorded files a verify report found."""
+    def delete_orphans(self, report: VerifyReport, *, min_temp_age: float = 3600.0) -> int:
+        """Delete the unrecorded files a verify report found, and its temporary files last
+        modified more than ``min_temp_age`` seconds ago (younger ones may be writes in
+        progress). Returns the number of files deleted."""
         prefix = self.storage.uri("x")[:-1]
-        for uri in report.orphans:
-            self.storage.delete(uri[len(prefix) :])
-        return len(report.orphans)
+        relpaths = [uri[len(prefix) :] for uri in report.orphans]
+        now = time.time()
+        for uri in report.temporary:
+            relpath = uri[len(prefix) :]
+            with contextlib.suppress(DrpError):
+                if now - self.storage.modified(relpath) > min_temp_age:
+                    relpaths.append(relpath)
+        for relpath in relpaths:
+            self.storage.delete(relpath)
+        return len(relpaths)
 
     def compact(self) -> dict[str, tuple[int, int]]:
         """Merge the registry's small files; returns {table: (files merged, rows)}."""

@@ -294,6 +294,16 @@ class Storage:
             if info.get("type") == "file" and name.startswith(prefix):
                 yield name[len(prefix) :], int(info.get("size") or 0)
 
+    def modified(self, relpath: str) -> float:
+        """The time a file was last modified (seconds since the epoch)."""
+        path = self.full_path(relpath)
+        with self._errors(relpath, "stat"):
+            if self.is_local:
+                return os.stat(path).st_mtime
+            info = self.fs.info(path)
+            stamp = info.get("LastModified") or info.get("mtime") or info.get("created")
+            return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp or 0.0)
+
     # -- errors ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager

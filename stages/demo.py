@@ -275,7 +275,12 @@ def simulate_survey(repo: Repository, config: SurveyConfig, *, jobs: int = 0) ->
 
 
 def process_survey(
-    repo: Repository, *, jobs: int = 0, progress: Any = None, output_run: str = DEMO_RUN
+    repo: Repository,
+    *,
+    jobs: int = 0,
+    progress: Any = None,
+    output_run: str = DEMO_RUN,
+    keep_intermediates: bool = False,
 ) -> Any:
     """Run the default pipeline's ``singleFrame`` subset on the simulated survey.
 
@@ -289,6 +294,8 @@ def process_survey(
         A :class:`stages.framework.progress.Progress` (default: bars on a terminal, log lines otherwise).
     output_run
         The run written.
+    keep_intermediates
+        Write the intermediate images (postISRCCD, icExp) too.
 
     Returns
     -------
@@ -301,7 +308,11 @@ def process_survey(
     from stages.framework.progress import make_progress
 
     graph = build_graph(
-        repo, Pipeline.load(DEMO_PIPELINE), output_run=output_run, inputs=[DEFAULTS]
+        repo,
+        Pipeline.load(DEMO_PIPELINE),
+        output_run=output_run,
+        inputs=[DEFAULTS],
+        keep_intermediates=keep_intermediates,
     )
     return run_graph(
         repo, graph, jobs=jobs or os.cpu_count() or 1, progress=progress or make_progress()

@@ -206,8 +206,9 @@ def make_toy_repo(
     return repo
 
 
-def toy_pipeline_yaml(**config) -> str:
-    """The YAML of the toy pipeline; keyword arguments become ``calibrate`` config entries."""
+def toy_pipeline_yaml(intermediates: tuple[str, ...] = (), **config) -> str:
+    """The YAML of the toy pipeline; keyword arguments become ``calibrate`` config entries;
+    ``intermediates`` are the dataset types handed over in memory."""
     lines = [
         "description: toy survey pipeline for tests",
         "stages:",
@@ -226,6 +227,8 @@ def toy_pipeline_yaml(**config) -> str:
         "  singleFrame: [calibrate, measure]",
         "  coaddition: [warp, coadd]",
     ]
+    if intermediates:
+        lines.append(f"intermediates: [{', '.join(intermediates)}]")
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,10 @@ from stages.simulate import SurveyConfig
 #: holds 3-6 reference stars, too few to test calibration tolerances on.
 CONFIG = SurveyConfig.from_preset("tiny", star_density=100.0)
 COLLECTIONS = [DEMO_RUN, DEFAULTS]
-OUTPUT_TYPES = ["calexp", "src", "calexpSummary", "calexpBackground", "icPsfStars", "postISRCCD"]
+OUTPUT_TYPES = ["calexp", "src", "calexpSummary", "calexpBackground", "icPsfStars", "icSrc"]
+#: What the pipeline hands from stage to stage in memory unless asked to keep it.
+INTERMEDIATES = ["postISRCCD", "icExp"]
+KEPT_RUN = "SimCam/runs/kept"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,15 @@ def processed(tmp_path_factory):
     simulate_survey(repo, CONFIG, jobs=2)
     summary = process_survey(repo, jobs=2)
     return repo, summary
+
+
+@pytest.fixture(scope="module")
+def kept(processed):
+    """The same processing into another run, writing the intermediates too."""
+    repo, _ = processed
+    summary = process_survey(repo, jobs=2, output_run=KEPT_RUN, keep_intermediates=True)
+    assert summary.ok, summary.describe()
+    return repo
 
 
 def _flat(level: float, image: np.ndarray) -> CalibrationProduct:
@@ -109,6 +121,9 @@ def test_pipeline_writes_every_output(processed):
     n = len(CONFIG.bands) * CONFIG.n_epochs * CONFIG.n_detectors
     for name in OUTPUT_TYPES:
         assert len(repo.query_datasets(name, collections=DEMO_RUN)) == n, name
+    for name in INTERMEDIATES:  # handed over in memory: no record, no file
+        assert not repo.query_datasets(name, collections=DEMO_RUN), name
+        assert not repo.storage.exists(f"{DEMO_RUN}/{name}"), name
     flats = repo.query_datasets("flat", collections=DEMO_RUN)
     assert len(flats) == len(CONFIG.bands) * CONFIG.n_detectors
     ref = repo.query_datasets("calexp", collections=DEMO_RUN)[0]
@@ -140,6 +155,38 @@ def test_pipeline_writes_every_output(processed):
     # sourceIndex points at the star: the PSF star's position is its source's, within a pixel
     offset = np.hypot(src["x"][rows] - psf_stars["x"], src["y"][rows] - psf_stars["y"])
     assert offset.max() < 1.0
+
+
+def test_keep_intermediates_writes_them_and_changes_nothing(processed, kept):
+    repo, _ = processed
+    n = len(CONFIG.bands) * CONFIG.n_epochs * CONFIG.n_detectors
+    for name in INTERMEDIATES:
+        refs = repo.query_datasets(name, collections=KEPT_RUN)
+        assert len(refs) == n, name
+        assert repo.get(refs[0]).image.shape == (CONFIG.size, CONFIG.size)
+    # in memory or through the files, every output is the same
+    for ref in repo.query_datasets("calexp", collections=DEMO_RUN):
+        data_id = ref.data_id.subset(("instrument", "visit", "detector"))
+        a, b = repo.get(ref), repo.get("calexp", data_id, collections=KEPT_RUN)
+        for plane in ("image", "mask", "variance"):
+            assert np.array_equal(getattr(a, plane), getattr(b, plane)), (data_id, plane)
+        assert a.photo_calib.zero_point == b.photo_calib.zero_point
+        assert a.wcs.to_header(relax=True) == b.wcs.to_header(relax=True)
+        for name in ("src", "calexpSummary"):
+            x = repo.get(name, data_id, collections=DEMO_RUN)
+            y = repo.get(name, data_id, collections=KEPT_RUN)
+            if name == "src":
+                assert x.colnames == y.colnames and all(
+                    np.array_equal(x[c], y[c], equal_nan=x[c].dtype.kind == "f") for c in x.colnames
+                ), data_id
+            else:
+                assert x == y, data_id
+    # the kept run re-runs as nothing to do; so does the in-memory one, though its
+    # intermediates are absent: its consumers are done
+    for run, keep in ((KEPT_RUN, True), (DEMO_RUN, False)):
+        graph = build_graph(repo, Pipeline.load("drp#singleFrame"), output_run=run,
+                            inputs=[DEFAULTS], keep_intermediates=keep)  # fmt: skip
+        assert sum(c["run"] for c in graph.counts().values()) == 0, run
 
 
 def test_flats_are_normalized_over_the_focal_plane(processed):
@@ -247,16 +294,16 @@ def test_master_calibrations_against_the_camera_truth(processed):
         assert (found & ~truth).sum() <= 0.02 * truth.sum()
 
 
-def test_characterize_falls_back_to_a_gaussian_without_psf_stars(processed):
+def test_characterize_falls_back_to_a_gaussian_without_psf_stars(kept):
     from repo.psf import GaussianPsf
     from stages.characterize.psf_determination import PsfDeterminationConfig
     from stages.characterize.stages import CharacterizeConfig, CharacterizeStage
 
-    repo, _ = processed
-    ref = repo.query_datasets("postISRCCD", collections=DEMO_RUN)[0]
+    repo = kept
+    ref = repo.query_datasets("postISRCCD", collections=KEPT_RUN)[0]
     camera = repo.get("camera", instrument="SimCam", collections=COLLECTIONS)
     fitted = repo.get("icExp", ref.data_id.subset(("instrument", "visit", "detector")),
-                      collections=DEMO_RUN)  # fmt: skip
+                      collections=KEPT_RUN)  # fmt: skip
     no_stars = PsfDeterminationConfig(min_snr=1e9)
     strict = CharacterizeStage(CharacterizeConfig(psf=no_stars, gaussian_fallback=False))
     with pytest.raises(DrpError, match="usable PSF stars"):

@@ -1,18 +1,19 @@
 """Executors: where quanta run — in this process, in a local process pool, or on Dask.
 
-Each executor takes :class:`~stages.framework.runner.QuantumSpec` objects and hands back
-:class:`~stages.framework.runner.QuantumResult` objects as they finish. The workers of the pool and of Dask
+Each executor takes jobs (lists of :class:`~stages.framework.runner.QuantumSpec`, run in order in
+one worker, see :func:`stages.framework.runner.run_job`) and hands back their
+:class:`~stages.framework.runner.QuantumResult` lists as they finish. The workers of the pool and of Dask
 open the repository themselves from its URL and storage options, so they can be anywhere that
 reaches the storage (an S3 repository for a Dask cluster of many machines).
 
-:func:`execute_graph` drives a run: a quantum is submitted as soon as every quantum it depends on
-has finished (so warps start while other visits are still being processed, rather than stage after
-stage), a few more than there are workers are kept in flight, ready quanta of later stages go first
-(finishing patches early), a failing quantum does not stop independent ones, and everything
-downstream of a failure is marked ``blocked``. The :class:`RunSummary` counts done, skipped,
+:func:`execute_graph` drives a run: a job is submitted as soon as every quantum outside it that
+it depends on has finished (so warps start while other visits are still being processed, rather
+than stage after stage), a few more than there are workers are kept in flight, ready jobs of
+later stages go first (finishing patches early), a failing quantum does not stop independent
+ones, and everything downstream of a failure is marked ``blocked``. The :class:`RunSummary` counts done, skipped,
 failed (with each error) and blocked quanta.
 
-A worker process that dies (killed, out of memory, a crash in C code) fails the quanta that were
+A worker process that dies (killed, out of memory, a crash in C code) fails the jobs that were
 running in the pool at that moment; the pool is then started again for the rest. Pool workers
 use one BLAS thread each (:func:`prepare_worker_process`) and exit when the process that started
 them dies.
@@ -37,7 +38,7 @@ from repo.repository import Repository
 
 from .progress import Progress
 from .quanta import Quantum, QuantumGraph
-from .runner import QuantumResult, QuantumSpec, execute_quantum, make_spec, prepare_run, run_quantum
+from .runner import QuantumResult, QuantumSpec, execute_job, make_spec, prepare_run, run_job
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,12 @@ log = logging.getLogger(__name__)
 STATUSES = ("done", "skipped", "failed", "blocked")
 
 
+#: A job: quanta run in order in one worker.
+Job = list[QuantumSpec]
+
+
 class Executor(abc.ABC):
-    """Runs quanta and reports their results.
+    """Runs jobs of quanta and reports their results.
 
     Parameters
     ----------
@@ -54,7 +59,7 @@ class Executor(abc.ABC):
         Where the workers open the repository.
     """
 
-    #: Quanta to keep submitted at once.
+    #: Jobs to keep submitted at once.
     capacity: int = 1
 
     def __init__(self, repo_url: str, storage_options: Mapping[str, Any] | None = None):
@@ -62,12 +67,13 @@ class Executor(abc.ABC):
         self.storage_options = dict(storage_options or {})
 
     @abc.abstractmethod
-    def submit(self, spec: QuantumSpec) -> None:
-        """Start running a quantum."""
+    def submit(self, job: Job) -> None:
+        """Start running a job."""
 
     @abc.abstractmethod
-    def wait(self) -> list[QuantumResult]:
-        """Block until at least one submitted quantum has finished; return those finished."""
+    def wait(self) -> list[list[QuantumResult]]:
+        """Block until at least one submitted job has finished; return the results of each job
+        finished."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -81,7 +87,7 @@ class Executor(abc.ABC):
 
 
 class SerialExecutor(Executor):
-    """Runs each quantum in this process, one at a time (for debugging: breakpoints work)."""
+    """Runs each job in this process, one at a time (for debugging: breakpoints work)."""
 
     capacity = 1
 
@@ -93,13 +99,13 @@ class SerialExecutor(Executor):
     ):
         super().__init__(repo_url, storage_options)
         self.repo = repo or Repository(repo_url, storage_options)
-        self._queue: list[QuantumSpec] = []
+        self._queue: list[Job] = []
 
-    def submit(self, spec: QuantumSpec) -> None:
-        self._queue.append(spec)
+    def submit(self, job: Job) -> None:
+        self._queue.append(job)
 
-    def wait(self) -> list[QuantumResult]:
-        return [run_quantum(self.repo, self._queue.pop(0))]
+    def wait(self) -> list[list[QuantumResult]]:
+        return [run_job(self.repo, self._queue.pop(0))]
 
     def close(self) -> None:
         self._queue.clear()
@@ -139,7 +145,7 @@ class ProcessPoolExecutor(Executor):
         self.workers = max(1, int(workers))
         self.capacity = 2 * self.workers
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._futures: dict[concurrent.futures.Future, QuantumSpec] = {}
+        self._futures: dict[concurrent.futures.Future, Job] = {}
 
     def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -151,27 +157,25 @@ class ProcessPoolExecutor(Executor):
             )
         return self._pool
 
-    def submit(self, spec: QuantumSpec) -> None:
-        future = self._ensure_pool().submit(
-            execute_quantum, spec, self.repo_url, self.storage_options
-        )
-        self._futures[future] = spec
+    def submit(self, job: Job) -> None:
+        future = self._ensure_pool().submit(execute_job, job, self.repo_url, self.storage_options)
+        self._futures[future] = job
 
-    def wait(self) -> list[QuantumResult]:
+    def wait(self) -> list[list[QuantumResult]]:
         done, _ = concurrent.futures.wait(
             list(self._futures), return_when=concurrent.futures.FIRST_COMPLETED
         )
         results = []
         broken = False
         for future in done:
-            spec = self._futures.pop(future)
+            job = self._futures.pop(future)
             try:
                 results.append(future.result())
             except concurrent.futures.process.BrokenProcessPool as exc:
                 broken = True
-                results.append(_lost(spec, f"a worker process died ({exc})"))
+                results.append(_lost(job, f"a worker process died ({exc})"))
             except Exception as exc:  # e.g. the spec or result could not be pickled
-                results.append(_lost(spec, f"{type(exc).__name__}: {exc}"))
+                results.append(_lost(job, f"{type(exc).__name__}: {exc}"))
         if broken and self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -220,30 +224,31 @@ class DaskExecutor(Executor):
                 raise DrpError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         threads = sum(self.client.nthreads().values()) or 1
         self.capacity = 2 * threads
-        self._futures: dict[Any, QuantumSpec] = {}
+        self._futures: dict[Any, Job] = {}
 
-    def submit(self, spec: QuantumSpec) -> None:
+    def submit(self, job: Job) -> None:
+        first = job[0]
         future = self.client.submit(
-            execute_quantum,
-            spec,
+            execute_job,
+            job,
             self.repo_url,
             self.storage_options,
-            key=f"quantum-{spec.label}-{spec.id}",
+            key=f"job-{first.label}-{first.id}",
             pure=False,
         )
-        self._futures[future] = spec
+        self._futures[future] = job
 
-    def wait(self) -> list[QuantumResult]:
+    def wait(self) -> list[list[QuantumResult]]:
         from distributed import wait
 
         done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
         results = []
         for future in done:
-            spec = self._futures.pop(future)
+            job = self._futures.pop(future)
             try:
                 results.append(future.result())
             except Exception as exc:  # a killed worker, or a task that could not run
-                results.append(_lost(spec, f"{type(exc).__name__}: {exc}"))
+                results.append(_lost(job, f"{type(exc).__name__}: {exc}"))
             future.release()
         return results
 
@@ -253,9 +258,9 @@ class DaskExecutor(Executor):
             self._cluster.close()
 
 
-def _lost(spec: QuantumSpec, error: str) -> QuantumResult:
+def _lost(job: Job, error: str) -> list[QuantumResult]:
     now = time.time()
-    return QuantumResult(spec.id, "failed", now, now, error=error, details=error)
+    return [QuantumResult(spec.id, "failed", now, now, error=error, details=error) for spec in job]
 
 
 def make_executor(
@@ -328,51 +333,65 @@ def execute_graph(
     started = time.time()
     progress = progress or Progress()
     stage_rank = {label: i for i, label in enumerate(graph.pipeline.labels)}
-    order = {qid: i for i, qid in enumerate(graph.quanta)}
     downstream = graph.downstream()
     counts = {label: dict.fromkeys(STATUSES, 0) for label in graph.pipeline.labels}
-    to_run = {qid for qid, q in graph.quanta.items() if q.status == "run"}
+    jobs = graph.jobs()
+    job_of = {qid: j for j, job in enumerate(jobs) for qid in job}
     for qid, quantum in graph.quanta.items():
-        if qid not in to_run:
+        if qid not in job_of:
             counts[quantum.label]["skipped"] += 1
-    waiting = {qid: sum(u in to_run for u in graph.quanta[qid].upstream) for qid in to_run}
-    ready = [(-stage_rank[graph.quanta[q].label], order[q], q) for q, n in waiting.items() if not n]
+    # a job waits for the distinct quanta outside it that its quanta depend on
+    waiting = [
+        len({u for q in job for u in graph.quanta[q].upstream if job_of.get(u, j) != j})
+        for j, job in enumerate(jobs)
+    ]
+    rank = [max(stage_rank[graph.quanta[q].label] for q in job) for job in jobs]
+    ready = [(-rank[j], j) for j, n in enumerate(waiting) if not n]
     heapq.heapify(ready)
-    progress.start({label: sum(graph.quanta[q].label == label for q in to_run) for label in counts})
+    progress.start({label: sum(graph.quanta[q].label == label for q in job_of) for label in counts})
     summary = RunSummary(counts)
     in_flight = 0
     finished: set[str] = set()
+
+    def block(start: str) -> None:
+        """Mark as blocked what can no longer run: downstream quanta and their jobs' others."""
+        stack = [*downstream[start], *jobs[job_of[start]]]
+        while stack:
+            qid = stack.pop()
+            if qid in finished or qid not in job_of:
+                continue
+            finished.add(qid)
+            blocked = graph.quanta[qid]
+            counts[blocked.label]["blocked"] += 1
+            summary.blocked.append(blocked)
+            progress.advance(blocked.label, "blocked")
+            stack.extend(downstream[qid])
+            stack.extend(jobs[job_of[qid]])
+
     try:
         while ready or in_flight:
             while ready and in_flight < executor.capacity:
-                _, _, qid = heapq.heappop(ready)
-                executor.submit(make_spec(graph, graph.quanta[qid]))
+                _, j = heapq.heappop(ready)
+                executor.submit([make_spec(graph, graph.quanta[q]) for q in jobs[j]])
                 in_flight += 1
-            for result in executor.wait():
+            for job_results in executor.wait():
                 in_flight -= 1
-                quantum = graph.quanta[result.id]
-                finished.add(result.id)
-                counts[quantum.label][result.status] += 1
-                message = f"{quantum.short_id}: {result.error}"
-                progress.advance(quantum.label, result.status, message)
-                if result.status == "done":
-                    for d in downstream[result.id]:
-                        if d in waiting and d not in finished:
-                            waiting[d] -= 1
-                            if waiting[d] == 0:
-                                item = (-stage_rank[graph.quanta[d].label], order[d], d)
-                                heapq.heappush(ready, item)
-                    continue
-                summary.failures.append((quantum, result))
-                log.debug("quantum %s failed:\n%s", quantum, result.details)
-                for blocked_id in _all_downstream(result.id, downstream):
-                    if blocked_id in finished or blocked_id not in to_run:
+                for result in job_results:
+                    quantum = graph.quanta[result.id]
+                    finished.add(result.id)
+                    counts[quantum.label][result.status] += 1
+                    message = f"{quantum.short_id}: {result.error}"
+                    progress.advance(quantum.label, result.status, message)
+                    if result.status == "done":
+                        for d in {job_of[d] for d in downstream[result.id] if d in job_of}:
+                            if d != job_of[result.id]:
+                                waiting[d] -= 1
+                                if waiting[d] == 0:
+                                    heapq.heappush(ready, (-rank[d], d))
                         continue
-                    finished.add(blocked_id)
-                    blocked = graph.quanta[blocked_id]
-                    counts[blocked.label]["blocked"] += 1
-                    summary.blocked.append(blocked)
-                    progress.advance(blocked.label, "blocked")
+                    summary.failures.append((quantum, result))
+                    log.debug("quantum %s failed:\n%s", quantum, result.details)
+                    block(result.id)
     finally:
         progress.finish()
     summary.elapsed = time.time() - started

@@ -17,9 +17,12 @@ stage (in dependency order) gets one :class:`Quantum` per dataId over its quantu
 3. Each quantum collects its inputs (``multiple`` ones ordered by dataId), looks up its
    prerequisites (which must exist: a missing one is an error naming it), and predicts its
    outputs, whose ids and paths follow from (dataset type, output run, dataId) alone.
-4. A quantum whose outputs all exist in the output run with the same config hash is marked
-   ``skip``, unless ``clobber`` is asked for or a quantum it depends on has to run. Outputs made with
-   another config are refused (:class:`ConfigChangedError`) unless ``clobber``.
+4. Outputs of the pipeline's ``intermediates`` that a quantum of the graph reads are marked
+   transient: handed in memory, not written (unless ``keep_intermediates``).
+5. A quantum whose written outputs all exist in the output run with the same config hash is
+   marked ``skip``, unless ``clobber`` is asked for, a quantum it depends on has to run, or a
+   quantum that reads one of its in-memory outputs has to run. Outputs made with another config
+   are refused (:class:`ConfigChangedError`) unless ``clobber``.
 
 Every problem the graph can find (unknown dataset types, definitions that disagree with the
 registry, a missing prerequisite or input, a where that selects nothing, changed configs) is raised
@@ -422,8 +425,28 @@ class _Builder:
 
     # -- statuses -------------------------------------------------------------------------
 
+    def mark_transient(self, keep_intermediates: bool) -> None:
+        """Mark the outputs handed in memory: of an intermediate dataset type (unless kept), and
+        read by some quantum of this graph (one nobody here reads is written as usual)."""
+        if keep_intermediates or not self.pipeline.intermediates:
+            return
+        intermediates = set(self.pipeline.intermediates)
+        consumed = {r.id for q in self.quanta.values() for refs in q.inputs.values() for r in refs}
+        for quantum in self.quanta.values():
+            quantum.transient = frozenset(
+                name
+                for name, ref in quantum.outputs.items()
+                if ref.dataset_type.name in intermediates and ref.id in consumed
+            )
+
     def mark_done(self, clobber: bool) -> None:
-        """Mark quanta whose outputs exist with the same config 'skip'; refuse changed configs."""
+        """Mark quanta whose outputs exist with the same config 'skip'; refuse changed configs.
+
+        An output handed in memory (:meth:`mark_transient`) is not looked for; instead, until
+        nothing changes: a quantum downstream of one that runs runs too (its inputs change),
+        and the producer of an in-memory input of a quantum that runs runs too, unless that
+        input exists (kept by an earlier run).
+        """
         current = self.repo.registry.current_datasets(refresh=True)
         mine = current.filter(pl.col("run") == self.output_run).select("dataset_id", "config_hash")
         existing = dict(mine.iter_rows())
@@ -433,7 +456,11 @@ class _Builder:
             found = [existing.get(r.id, _ABSENT) for r in quantum.outputs.values()]
             if any(h is not _ABSENT and h != hashes[quantum.label] for h in found):
                 changed.setdefault(quantum.label, []).append(quantum)
-            complete = all(h == hashes[quantum.label] for h in found)
+            complete = all(
+                existing.get(r.id, _ABSENT) == hashes[quantum.label]
+                for name, r in quantum.outputs.items()
+                if name not in quantum.transient
+            )
             quantum.status = "skip" if complete and not clobber else "run"
         if changed and not clobber:
             label, quanta = next(iter(changed.items()))
@@ -443,11 +470,33 @@ class _Builder:
                 f"is sha256 {hashes[label][:12]}...); use --clobber to redo them with the new "
                 "configuration, or write to a new output run"
             )
-        for quantum in self.quanta.values():  # dependency order: upstream first
-            if quantum.status == "skip" and any(
-                self.quanta[u].status == "run" for u in quantum.upstream
-            ):
-                quantum.status = "run"
+        producer_of = {
+            ref.id: quantum
+            for quantum in self.quanta.values()
+            for name, ref in quantum.outputs.items()
+            if name in quantum.transient
+        }
+        ordered = list(self.quanta.values())  # dependency order: upstream first
+        changing = True
+        while changing:
+            changing = False
+            for quantum in ordered:
+                if quantum.status == "skip" and any(
+                    self.quanta[u].status == "run" for u in quantum.upstream
+                ):
+                    quantum.status, changing = "run", True
+            for quantum in reversed(ordered):
+                if quantum.status != "run":
+                    continue
+                for refs in quantum.inputs.values():
+                    for ref in refs:
+                        producer = producer_of.get(ref.id)
+                        if (
+                            producer is not None
+                            and producer.status == "skip"
+                            and existing.get(ref.id) != hashes[producer.label]
+                        ):
+                            producer.status, changing = "run", True
 
 
 _ABSENT = object()
@@ -525,6 +574,7 @@ def build_graph(
     binds: Mapping[str, Any] | None = None,
     clobber: bool = False,
     skymap: str | None = None,
+    keep_intermediates: bool = False,
 ) -> QuantumGraph:
     """Build the quantum graph of a pipeline run; see the module documentation.
 
@@ -546,6 +596,9 @@ def build_graph(
         Redo quanta whose outputs exist already (and accept a changed config).
     skymap
         Name of the registered sky map (needed only if there are several).
+    keep_intermediates
+        Write the pipeline's intermediate dataset types too, instead of handing them from
+        stage to stage in memory.
 
     Raises
     ------
@@ -569,6 +622,7 @@ def build_graph(
             f"nothing to do: {what} select(s) no data for pipeline {pipeline.source} "
             f"(stages {', '.join(pipeline.labels)}) in collections {builder.search}"
         )
+    builder.mark_transient(keep_intermediates)
     builder.mark_done(clobber)
     return QuantumGraph(
         pipeline,

@@ -13,10 +13,17 @@ A pipeline file looks like::
         class: stages.calibrate.stages.CalibrateStage
     subsets:
       singleFrame: [isr, calibrate]
+    intermediates: [postISRCCD]   # handed from stage to stage in memory, not written
+
 
 ``PIPELINE#subset`` runs a named subset, ``PIPELINE#isr,calibrate`` a list of labels. ``PIPELINE``
 is a file path or the name of a pipeline shipped in ``stages/pipelines/`` (``drp``). Config
 overrides from the command line (``label.key=value``) apply on top of the file's.
+
+``intermediates`` names dataset types that no one reads after the stages that consume them (the
+images between ISR and calibration): a run hands them from producer to consumers in memory, in
+one worker, and writes them only when asked (``drp run --keep-intermediates``). One that a
+(sub)pipeline produces but does not consume is written as usual.
 
 Loading validates everything that can be checked without a repository: that every class is a
 stage, its declarations (:meth:`stages.framework.base.Stage.validate`), that a dataset type means the same
@@ -39,7 +46,7 @@ from repo.registry import DatasetType
 from .base import Connection, PipelineError, Stage, import_stage
 from .config import ConfigError, apply_overrides, config_hash, config_json, config_to_dict
 
-_TOP_KEYS = {"description", "stages", "subsets"}
+_TOP_KEYS = {"description", "stages", "subsets", "intermediates"}
 _STAGE_KEYS = {"class", "config", "where"}
 
 
@@ -79,12 +86,16 @@ class Pipeline:
         Named lists of labels.
     description, source
         What the pipeline is for, and where it was read from.
+    intermediates
+        Dataset types handed in memory from producer to consumers and not written (unless a run
+        keeps them); each must be produced by a stage of the pipeline.
     """
 
     stages: list[StageDef]
     subsets: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    intermediates: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.stages = _validated_order(self.stages)
@@ -96,6 +107,13 @@ class Pipeline:
                     f"pipeline {self.source or ''}: subset {name!r} names unknown stage(s) "
                     f"{unknown} (stages: {', '.join(self.labels)})"
                 )
+        producers = self.producers()
+        stray = [name for name in self.intermediates if name not in producers]
+        if stray:
+            raise PipelineError(
+                f"pipeline {self.source or ''}: intermediates {stray} are produced by no stage "
+                f"(outputs: {', '.join(sorted(producers))})"
+            )
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -122,11 +140,17 @@ class Pipeline:
             isinstance(v, list) for v in subsets.values()
         ):
             raise PipelineError(f"pipeline {source}: 'subsets' must map names to lists of labels")
+        intermediates = data.get("intermediates") or []
+        if not isinstance(intermediates, list):
+            raise PipelineError(
+                f"pipeline {source}: 'intermediates' must be a list of dataset types"
+            )
         return cls(
             stages,
             {str(k): [str(x) for x in v] for k, v in subsets.items()},
             str(data.get("description") or ""),
             source,
+            [str(x) for x in intermediates],
         )
 
     @classmethod
@@ -175,7 +199,9 @@ class Pipeline:
             )
             for s in self.stages
         ]
-        return Pipeline(stages, dict(self.subsets), self.description, self.source)
+        return Pipeline(
+            stages, dict(self.subsets), self.description, self.source, list(self.intermediates)
+        )
 
     def subset(self, selection: str) -> Pipeline:
         """The pipeline restricted to a named subset or to comma-separated labels."""
@@ -193,7 +219,11 @@ class Pipeline:
         keep = set(labels)
         stages = [s for s in self.stages if s.label in keep]
         subsets = {k: v for k, v in self.subsets.items() if set(v) <= keep}
-        return Pipeline(stages, subsets, self.description, f"{self.source}#{selection}")
+        produced = {c.dataset_type for s in stages for c in s.stage_class.outputs.values()}
+        intermediates = [name for name in self.intermediates if name in produced]
+        return Pipeline(
+            stages, subsets, self.description, f"{self.source}#{selection}", intermediates
+        )
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -245,6 +275,11 @@ class Pipeline:
         if self.subsets:
             lines.append("subsets:")
             lines.extend(f"  {k}: {', '.join(v)}" for k, v in self.subsets.items())
+        if self.intermediates:
+            lines.append(
+                f"intermediates (in memory, written with --keep-intermediates): "
+                f"{', '.join(self.intermediates)}"
+            )
         return "\n".join(lines)
 
 

@@ -5,7 +5,10 @@ inputs; every quantum has a record in the registry's quanta table (stage, dataId
 hash, software versions, host, pid, start and end). :func:`trace_provenance` walks from datasets
 through their quanta to their inputs until it reaches datasets no quantum produced (raws,
 calibrations and reference catalogs that were ingested or put), and :class:`ProvenanceGraph`
-prints the result as a tree or gives it as JSON-compatible data.
+prints the result as a tree or gives it as JSON-compatible data. A dataset a run handed from
+stage to stage in memory (a pipeline's intermediates) has no record of its own; it is found
+through the quantum whose outputs list its id, named from that quantum's dataId, and the walk
+goes on through that quantum's inputs.
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ from typing import Any
 
 import polars as pl
 
-from repo.dimensions import DIMENSION_NAMES
-from repo.registry import DatasetRef, QuantumRecord
+from repo.dimensions import DIMENSION_NAMES, DataId
+from repo.registry import DatasetRef, QuantumRecord, dataset_id_for
 from repo.repository import Repository
 
 
 @dataclass
 class DatasetNode:
-    """A dataset in a provenance graph (``found`` is False if it is no longer recorded)."""
+    """A dataset in a provenance graph.
+
+    ``found`` is False if it has no record: it is no longer in the repository, or it was never
+    written (``in_memory``: an intermediate its producing quantum handed over in memory).
+    """
 
     id: str
     dataset_type: str = ""
@@ -36,8 +43,14 @@ class DatasetNode:
     input_ids: list[str] = field(default_factory=list)
     config_hash: str | None = None
     found: bool = True
+    in_memory: bool = False
 
     def label(self) -> str:
+        if self.in_memory:
+            return (
+                f"{self.dataset_type or 'dataset ' + self.id} {self.data_id} in {self.run} "
+                "(not written: handed over in memory)"
+            )
         if not self.found:
             return f"dataset {self.id} (no longer in the repository)"
         return f"{self.dataset_type} {self.data_id} in {self.run}"
@@ -152,6 +165,9 @@ def trace_provenance(
         for dataset_id in frontier:
             row = by_id.get(dataset_id)
             datasets[dataset_id] = _node(row) if row else DatasetNode(dataset_id, found=False)
+        unwritten = [i for i in frontier if not datasets[i].found]
+        if unwritten:
+            datasets.update(_in_memory_nodes(repo, unwritten))
         wanted = {n.quantum_id for n in datasets.values() if n.quantum_id} - set(quanta)
         quanta.update(repo.registry.get_quanta(wanted))
         depth += 1
@@ -167,6 +183,48 @@ def trace_provenance(
             next_ids.extend(i for i in inputs if i not in datasets)
         frontier = list(dict.fromkeys(next_ids))
     return ProvenanceGraph(list(dict.fromkeys(ref.id for ref in refs)), datasets, quanta)
+
+
+def _in_memory_nodes(repo: Repository, dataset_ids: list[str]) -> dict[str, DatasetNode]:
+    """Nodes of datasets no record holds but some quantum made (handed over in memory)."""
+    quanta = repo.registry.current_quanta()
+    producers = (
+        quanta.select("quantum_id", "output_ids")
+        .explode("output_ids")
+        .filter(pl.col("output_ids").is_in(dataset_ids))
+    )
+    if producers.is_empty():
+        return {}
+    records = repo.registry.get_quanta(producers["quantum_id"].to_list())
+    dataset_types = repo.registry.dataset_types()
+    nodes = {}
+    for dataset_id, quantum_id in zip(
+        producers["output_ids"], producers["quantum_id"], strict=True
+    ):
+        record = records[quantum_id]
+        data_id = {k: v for k, v in record.data_id.items() if v is not None}
+        name = ""
+        for dataset_type in dataset_types:  # the id follows from (type, run, dataId)
+            required = dataset_type.group.required
+            if set(required) <= set(data_id) and dataset_id == dataset_id_for(
+                dataset_type.name, record.run, DataId(data_id), required
+            ):
+                name = dataset_type.name
+                data_id = {k: data_id[k] for k in dataset_type.group.names if k in data_id}
+                break
+        nodes[dataset_id] = DatasetNode(
+            id=dataset_id,
+            dataset_type=name,
+            run=record.run,
+            data_id=data_id,
+            producer=record.stage,
+            quantum_id=quantum_id,
+            input_ids=list(record.input_ids),
+            config_hash=record.config_hash,
+            found=False,
+            in_memory=True,
+        )
+    return nodes
 
 
 def _node(row: dict[str, Any]) -> DatasetNode:

@@ -39,6 +39,8 @@ class Quantum:
         Ids of the quanta that produce some of the inputs.
     status : str
         ``run``, or ``skip`` when its outputs exist already with the same config.
+    transient : frozenset of str
+        Names of the outputs handed in memory to the quanta that read them, not written.
     """
 
     id: str
@@ -49,6 +51,7 @@ class Quantum:
     upstream: set[str] = field(default_factory=set)
     status: str = "run"
     dimensions: tuple[str, ...] = ()
+    transient: frozenset[str] = frozenset()
 
     @property
     def short_id(self) -> dict[str, Any]:
@@ -85,6 +88,39 @@ class QuantumGraph:
             for up in quantum.upstream:
                 result[up].add(quantum.id)
         return result
+
+    def jobs(self) -> list[list[str]]:
+        """The quanta to run grouped into jobs, each run in one worker, in dependency order.
+
+        A quantum and the quanta that read one of its in-memory (transient) outputs are in the
+        same job: the connected groups of quanta linked that way. A job is in dependency order;
+        jobs are ordered by their first quantum.
+        """
+        parent = {qid: qid for qid, q in self.quanta.items() if q.status == "run"}
+
+        def root(qid: str) -> str:
+            while parent[qid] != qid:
+                parent[qid] = parent[parent[qid]]
+                qid = parent[qid]
+            return qid
+
+        transient_producer = {
+            ref.id: q.id
+            for q in self.quanta.values()
+            if q.status == "run"
+            for name, ref in q.outputs.items()
+            if name in q.transient
+        }
+        for qid in parent:
+            for refs in self.quanta[qid].inputs.values():
+                for ref in refs:
+                    producer = transient_producer.get(ref.id)
+                    if producer is not None:
+                        parent[root(qid)] = root(producer)
+        groups: dict[str, list[str]] = {}
+        for qid in parent:  # dependency order
+            groups.setdefault(root(qid), []).append(qid)
+        return list(groups.values())
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage: number of quanta, to run and to skip."""
@@ -123,6 +159,20 @@ class QuantumGraph:
             lines.extend(
                 f"  {down} <- {up}: {n} quantum dependencies" for (up, down), n in edges.items()
             )
+        in_memory = sorted(
+            {
+                q.outputs[name].dataset_type.name
+                for q in self.quanta.values()
+                for name in q.transient
+            }
+        )
+        if in_memory:
+            jobs = self.jobs()
+            longest = max((len(j) for j in jobs), default=0)
+            lines.append(
+                f"in memory, not written: {', '.join(in_memory)} (--keep-intermediates writes "
+                f"them); {to_run} quanta in {len(jobs)} jobs of up to {longest} quanta"
+            )
         if details:
             lines.append("quanta:")
             order = {qid: i for i, qid in enumerate(self.quanta)}
@@ -149,6 +199,7 @@ class QuantumGraph:
                     "status": q.status,
                     "inputs": {k: [r.id for r in v] for k, v in q.inputs.items()},
                     "outputs": {k: r.id for k, r in q.outputs.items()},
+                    "in_memory": sorted(q.transient),
                     "upstream": sorted(q.upstream),
                 }
                 for q in self.quanta.values()

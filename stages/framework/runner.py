@@ -1,29 +1,39 @@
-"""Running one quantum: load its inputs, call the stage, write its outputs, record provenance.
+"""Running quanta: load their inputs, call the stages, write their outputs, record provenance.
 
-A quantum travels to a worker (a process of the local pool, or a Dask worker on another machine)
-as a small picklable :class:`QuantumSpec`: the stage's import path and canonical config JSON, the
-quantum dataId, and the refs of its inputs and predicted outputs (ids and paths included, so the
-worker needs no registry query). Each worker process opens the repository once from its URL and
-storage options (:func:`worker_repository`) and keeps it.
+Quanta travel to a worker (a process of the local pool, or a Dask worker on another machine) in
+jobs: lists of small picklable :class:`QuantumSpec` objects, each holding the stage's import
+path and canonical config JSON, the quantum dataId, and the refs of its inputs and predicted
+outputs (ids and paths included, so the worker needs no registry query). Each worker process
+opens the repository once from its URL and storage options (:func:`worker_repository`) and keeps
+it.
 
-:func:`run_quantum` writes all outputs of a quantum inside one repository transaction, so they are
-committed together as one registry file or not at all, and their dataset records carry the
-quantum id, input ids, config hash and software versions. The quantum's own record (stage, dataId,
-config, software, inputs, outputs, host, pid, start, end, status) goes to the registry's quanta
-table just before the outputs are committed: after a crash between the two, the outputs are absent,
-the quantum is run again and its record replaced (same quantum id), so nothing is duplicated. A
-failing stage leaves no outputs and a ``failed`` record with the error.
+:func:`run_job` runs the quanta of a job in order (a job is a single quantum, or a chain such as
+isr -> characterize -> calibrate of one detector, see
+:meth:`stages.framework.quanta.QuantumGraph.jobs`). An output the graph marked transient is
+handed in memory to the quanta of the job that read it and never written; every other output
+is serialized as soon as its stage returns (a later stage may change the object it is given),
+and a reader later in the job gets it from those bytes, exactly as from the repository. When
+the job ends, every quantum that succeeded is committed in one repository transaction: its
+written outputs, whose dataset records carry the quantum id, input ids, config hash and software
+versions, and its quantum record (stage, dataId, config, software, inputs, outputs, host, pid,
+start, end, status) in the registry's quanta table. So a job that crashes or is killed writes
+nothing, and is run again whole; the ids are deterministic, so nothing is duplicated. A failing
+stage leaves no outputs and a ``failed`` record with the error; the quanta of the job that need
+its outputs are not run (the driver marks them ``blocked``), the others are.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import json
+import logging
 import os
 import socket
 import time
 import traceback
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +50,8 @@ from .config import config_from_dict
 from .graph import dataset_types_to_register, used_tracts
 from .quanta import Quantum, QuantumGraph
 from .skymap_setup import ensure_tract_records
+
+log = logging.getLogger(__name__)
 
 
 class StageOutputError(DrpError, TypeError):
@@ -66,6 +78,8 @@ class QuantumSpec:
         Connection name -> output ref.
     skymap_config : str or None
         JSON config of the sky map, for stages whose ``run`` takes ``skymap``.
+    transient : frozenset of str
+        Outputs handed in memory to later quanta of the job, not written.
     """
 
     id: str
@@ -78,6 +92,7 @@ class QuantumSpec:
     multiple: frozenset[str]
     outputs: dict[str, DatasetRef]
     skymap_config: str | None = None
+    transient: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -110,6 +125,7 @@ def make_spec(graph: QuantumGraph, quantum: Quantum) -> QuantumSpec:
         multiple=frozenset(n for n, c in cls.inputs.items() if c.multiple),
         outputs={name: _with_path(ref) for name, ref in quantum.outputs.items()},
         skymap_config=graph.skymap.config.to_json() if graph.skymap is not None else None,
+        transient=quantum.transient,
     )
 
 
@@ -173,62 +189,160 @@ def _skymap(config_json: str) -> RingsSkyMap:
 # -- running --------------------------------------------------------------------------------------
 
 
-def execute_quantum(
-    spec: QuantumSpec, repo_url: str, storage_options: Mapping[str, Any] | None = None
-) -> QuantumResult:
-    """Run one quantum in this process against the repository at ``repo_url``.
+def execute_job(
+    specs: list[QuantumSpec], repo_url: str, storage_options: Mapping[str, Any] | None = None
+) -> list[QuantumResult]:
+    """Run a job in this process against the repository at ``repo_url``.
 
     This is the function the executors send to their workers; it never raises for a failure of
-    the stage (the result says ``failed``).
+    a stage (its result says ``failed``).
     """
-    return run_quantum(worker_repository(repo_url, storage_options), spec)
+    return run_job(worker_repository(repo_url, storage_options), specs)
 
 
 def run_quantum(repo: Repository, spec: QuantumSpec) -> QuantumResult:
-    """Run one quantum: load inputs, call the stage, commit outputs and its record together."""
-    start = time.time()
+    """Run one quantum on its own (a job of one); see :func:`run_job`."""
+    return run_job(repo, [spec])[0]
+
+
+@dataclass
+class _Finished:
+    """A quantum of a job that succeeded, waiting for the job's commit."""
+
+    spec: QuantumSpec
+    payload: dict[str, bytes]
+    record: QuantumRecord
+
+
+class _Handover:
+    """The outputs of a job's quanta that later quanta of the job read.
+
+    A transient output is kept as the object itself and given to its last reader (earlier ones
+    get a deep copy: stages may change the objects they are given); a written output is kept
+    as its bytes and read back for each reader, as from the repository.
+    """
+
+    def __init__(self, specs: list[QuantumSpec]):
+        self.readers = Counter(r.id for s in specs for refs in s.inputs.values() for r in refs)
+        self.objects: dict[str, Any] = {}
+        self.serialized: dict[str, tuple[DatasetRef, bytes]] = {}
+
+    def keep(self, spec: QuantumSpec, produced: Mapping[str, Any], payload: dict[str, bytes]):
+        for name, ref in spec.outputs.items():
+            if not self.readers[ref.id]:
+                continue
+            if name in payload:
+                self.serialized[ref.id] = (ref, payload[name])
+            else:
+                self.objects[ref.id] = produced[name]
+
+    def has(self, ref: DatasetRef) -> bool:
+        return ref.id in self.objects or ref.id in self.serialized
+
+    def get(self, ref: DatasetRef) -> Any:
+        self.readers[ref.id] -= 1
+        if ref.id in self.serialized:
+            made, data = self.serialized[ref.id]
+            source = f"{made.dataset_type.name} {dict(made.data_id)} made in this job"
+            return get_storage_class(made.dataset_type.storage_class).read(data, source)
+        if self.readers[ref.id] > 0:
+            return copy.deepcopy(self.objects[ref.id])
+        return self.objects.pop(ref.id)
+
+
+def run_job(repo: Repository, specs: list[QuantumSpec]) -> list[QuantumResult]:
+    """Run the quanta of a job in order and commit the ones that succeeded together.
+
+    Returns a result for every quantum that ran (``done`` or ``failed``); quanta that needed
+    the outputs of a failed one are left out (the caller marks them blocked).
+    """
     host, pid = socket.gethostname(), os.getpid()
-    input_ids = [ref.id for refs in spec.inputs.values() for ref in refs]
-    output_ids = [ref.id for ref in spec.outputs.values()]
-    try:
-        stage = _stage(spec)
-        arguments = _load_inputs(repo, spec)
-        arguments.update(_context_arguments(stage, spec))
-        produced = stage.run(**arguments)
-        payload = _serialize_outputs(spec, produced)
-        provenance = Provenance(
-            producer=spec.label,
-            quantum_id=spec.id,
-            input_ids=input_ids,
-            config_hash=spec.config_hash,
-            software=software_versions(),
-        )
-        with repo.transaction():
-            for name, ref in spec.outputs.items():
-                repo.store_bytes(ref, payload[name], mode="overwrite", provenance=provenance)
+    handover = _Handover(specs)
+    finished: list[_Finished] = []
+    results: list[QuantumResult] = []
+    failed_records: list[QuantumRecord] = []
+    lost: set[str] = set()  # output ids a failed quantum did not make
+    for spec in specs:
+        input_ids = [ref.id for refs in spec.inputs.values() for ref in refs]
+        output_ids = [ref.id for ref in spec.outputs.values()]
+        if lost.intersection(input_ids):
+            lost.update(output_ids)
+            continue
+        start = time.time()
+        try:
+            stage = _stage(spec)
+            arguments = _load_inputs(repo, spec, handover)
+            arguments.update(_context_arguments(stage, spec))
+            produced = stage.run(**arguments)
+            payload = _serialize_outputs(spec, produced)
+            handover.keep(spec, produced, payload)
+            del produced, arguments
+        except Exception as exc:
             end = time.time()
-            record = _record(spec, input_ids, output_ids, host, pid, start, end, "done", "")
-            repo.registry.commit_quanta([record])
-        return QuantumResult(spec.id, "done", start, end, host, pid, output_ids=output_ids)
-    except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            details = traceback.format_exc()
+            failed_records.append(
+                _record(spec, input_ids, [], host, pid, start, end, "failed", details)
+            )
+            results.append(QuantumResult(spec.id, "failed", start, end, host, pid, error, details))
+            lost.update(output_ids)
+            continue
         end = time.time()
+        record = _record(spec, input_ids, output_ids, host, pid, start, end, "done", "")
+        finished.append(_Finished(spec, payload, record))
+        results.append(QuantumResult(spec.id, "done", start, end, host, pid, output_ids=output_ids))
+    try:
+        _commit(repo, finished, failed_records)
+    except Exception as exc:  # the storage itself failed: nothing of the job is recorded
         error = f"{type(exc).__name__}: {exc}"
         details = traceback.format_exc()
-        record = _record(spec, input_ids, [], host, pid, start, end, "failed", details)
+        return [
+            QuantumResult(r.id, "failed", r.start, r.end, host, pid, r.error or error, details)
+            for r in results
+        ]
+    return results
+
+
+def _commit(
+    repo: Repository, finished: list[_Finished], failed_records: list[QuantumRecord]
+) -> None:
+    """Write the outputs of the finished quanta and record them and all quanta, at once."""
+    if finished:
+        software = software_versions()
+        with repo.transaction():
+            for item in finished:
+                spec = item.spec
+                provenance = Provenance(
+                    producer=spec.label,
+                    quantum_id=spec.id,
+                    input_ids=list(item.record.input_ids),
+                    config_hash=spec.config_hash,
+                    software=software,
+                )
+                for name, data in item.payload.items():
+                    repo.store_bytes(
+                        spec.outputs[name], data, mode="overwrite", provenance=provenance
+                    )
+            repo.registry.commit_quanta([i.record for i in finished] + failed_records)
+    elif failed_records:
         try:
-            repo.registry.commit_quanta([record])
-        except Exception as record_exc:  # the storage itself may be what failed
-            details += f"\n(the failure could not be recorded: {record_exc})"
-        return QuantumResult(spec.id, "failed", start, end, host, pid, error, details)
+            repo.registry.commit_quanta(failed_records)
+        except Exception as exc:  # the storage itself may be what failed
+            log.warning(
+                "the failure of %d quanta could not be recorded: %s", len(failed_records), exc
+            )
 
 
-def _load_inputs(repo: Repository, spec: QuantumSpec) -> dict[str, Any]:
+def _load_inputs(repo: Repository, spec: QuantumSpec, handover: _Handover) -> dict[str, Any]:
+    def load(ref: DatasetRef) -> Any:
+        return handover.get(ref) if handover.has(ref) else repo.read(ref)
+
     arguments: dict[str, Any] = {}
     for name, refs in spec.inputs.items():
         if name in spec.multiple:
-            arguments[name] = {ref.data_id: repo.read(ref) for ref in refs}
+            arguments[name] = {ref.data_id: load(ref) for ref in refs}
         else:
-            arguments[name] = repo.read(refs[0])
+            arguments[name] = load(refs[0])
     return arguments
 
 
@@ -259,6 +373,7 @@ def _serialize_outputs(spec: QuantumSpec, produced: Any) -> dict[str, bytes]:
     return {
         name: get_storage_class(ref.dataset_type.storage_class).write(produced[name])
         for name, ref in spec.outputs.items()
+        if name not in spec.transient
     }
 
 
