@@ -6,6 +6,7 @@ import io
 import math
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -268,7 +269,49 @@ def test_plain_astropy_reads_the_file():
 
 
 def test_writing_is_deterministic():
-    assert write_exposure(full_exposure(seed=4)) == write_exposure(full_exposure(seed=4))
+    first = write_exposure(full_exposure(seed=4))
+    time.sleep(1.05)  # gzip records the second of writing unless told otherwise
+    assert write_exposure(full_exposure(seed=4)) == first
+
+
+def test_planes_are_tile_compressed_without_loss():
+    rng = np.random.default_rng(7)
+    shape = (300, 200)
+    exposure = Exposure(
+        image=rng.normal(0, 5, shape).astype(np.float32),
+        mask=(rng.random(shape) < 0.01).astype(np.int32) * 4,
+        variance=rng.uniform(20, 30, shape).astype(np.float32),
+    )
+    data = write_exposure(exposure)
+    with fits.open(io.BytesIO(data)) as hdul:
+        kinds = {hdu.name: (type(hdu).__name__, hdu.compression_type) for hdu in hdul[1:]}
+    assert kinds == {
+        "IMAGE": ("CompImageHDU", "GZIP_2"),
+        "MASK": ("CompImageHDU", "RICE_1"),
+        "VARIANCE": ("CompImageHDU", "GZIP_2"),
+    }
+    # 4 bytes per pixel and plane uncompressed; the sparse mask all but vanishes
+    assert len(data) < 0.8 * 3 * 4 * shape[0] * shape[1]
+    back = read_exposure(data, "test")
+    for plane in ("image", "mask", "variance"):
+        assert np.array_equal(getattr(back, plane), getattr(exposure, plane)), plane
+
+
+def test_uncompressed_exposure_files_still_read():
+    exposure = full_exposure(seed=2)
+    with fits.open(io.BytesIO(write_exposure(exposure))) as hdul:
+        plain = fits.HDUList(
+            [fits.PrimaryHDU(header=hdul[0].header)]
+            + [fits.ImageHDU(h.data, header=h.header, name=h.name) for h in hdul[1:4]]
+            + [h.copy() for h in hdul[4:]]
+        )
+        buffer = io.BytesIO()
+        for hdu in plain:
+            hdu.add_checksum()
+        plain.writeto(buffer)
+    back = read_exposure(buffer.getvalue(), "plain")
+    assert np.array_equal(back.image, exposure.image, equal_nan=True)
+    assert np.array_equal(back.mask, exposure.mask)
 
 
 @pytest.mark.skipif(shutil.which("fitsverify") is None, reason="fitsverify is not installed")

@@ -4,10 +4,14 @@ truth; the flat normalization exactly as normalize_flats; a re-run skips everyth
 
 from __future__ import annotations
 
+import io
 import math
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from repo.errors import DrpError
 from repo.repository import Repository
@@ -27,7 +31,7 @@ CONFIG = SurveyConfig.from_preset("tiny", star_density=100.0)
 COLLECTIONS = [DEMO_RUN, DEFAULTS]
 OUTPUT_TYPES = ["calexp", "src", "calexpSummary", "calexpBackground", "icPsfStars", "icSrc"]
 #: What the pipeline hands from stage to stage in memory unless asked to keep it.
-INTERMEDIATES = ["postISRCCD", "icExp"]
+INTERMEDIATES = ["postISRCCD", "icExp", "flatUnnormalized"]
 KEPT_RUN = "SimCam/runs/kept"
 
 
@@ -162,8 +166,10 @@ def test_keep_intermediates_writes_them_and_changes_nothing(processed, kept):
     n = len(CONFIG.bands) * CONFIG.n_epochs * CONFIG.n_detectors
     for name in INTERMEDIATES:
         refs = repo.query_datasets(name, collections=KEPT_RUN)
-        assert len(refs) == n, name
-        assert repo.get(refs[0]).image.shape == (CONFIG.size, CONFIG.size)
+        per_visit = name != "flatUnnormalized"
+        assert len(refs) == (n if per_visit else len(CONFIG.bands) * CONFIG.n_detectors), name
+        image = repo.get(refs[0]).image if per_visit else repo.get(refs[0])["IMAGE"].data
+        assert image.shape == (CONFIG.size, CONFIG.size)
     # in memory or through the files, every output is the same
     for ref in repo.query_datasets("calexp", collections=DEMO_RUN):
         data_id = ref.data_id.subset(("instrument", "visit", "detector"))
@@ -187,6 +193,23 @@ def test_keep_intermediates_writes_them_and_changes_nothing(processed, kept):
         graph = build_graph(repo, Pipeline.load("drp#singleFrame"), output_run=run,
                             inputs=[DEFAULTS], keep_intermediates=keep)  # fmt: skip
         assert sum(c["run"] for c in graph.counts().values()) == 0, run
+
+
+@pytest.mark.skipif(shutil.which("fitsverify") is None, reason="fitsverify is not installed")
+@pytest.mark.parametrize("name", ["raw", "bias", "flat", "calexp", "truthMask"])
+def test_written_images_are_compressed_and_pass_fitsverify(processed, name, tmp_path):
+    repo, _ = processed
+    ref = repo.query_datasets(name, collections=COLLECTIONS)[0]
+    data = repo.storage.get_bytes(ref.path)
+    with fits.open(io.BytesIO(data)) as hdul:
+        images = [h for h in hdul[1:] if h.is_image and not h.name.startswith("PSF")]
+        assert images and all(isinstance(h, fits.CompImageHDU) for h in images), name
+        pixels = sum(h.data.size for h in images)
+    assert len(data) < 0.75 * 4 * pixels  # lossless, yet well under 4 bytes per pixel
+    path = tmp_path / f"{name}.fits"
+    path.write_bytes(data)
+    result = subprocess.run(["fitsverify", str(path)], capture_output=True, text=True, timeout=60)
+    assert "Verification found 0 warning(s) and 0 error(s)" in result.stdout, result.stdout
 
 
 def test_flats_are_normalized_over_the_focal_plane(processed):

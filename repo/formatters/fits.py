@@ -19,7 +19,11 @@ HDU         content
             when the exposure has no PSF
 ==========  =====================================================================================
 
-Every HDU carries ``CHECKSUM``/``DATASUM``; reading verifies them, so a flipped bit is reported
+The three planes are tile-compressed without loss (the FITS tiled-image convention, as written by
+fpack and read by astropy, DS9 and cfitsio; :func:`compressed_hdu`): the mask with RICE_1 (a
+1024^2 mask: 4.2 MB -> 0.04 MB), the float planes with GZIP_2 (bytes shuffled by significance,
+then deflated: a calexp's image of sky noise 4.2 -> 3.2 MB, its variance 4.2 -> 2.9 MB); files
+written before that, with plain image HDUs, read the same. Every HDU carries ``CHECKSUM``/``DATASUM``; reading verifies them, so a flipped bit is reported
 rather than silently read. The WCS is written by wcslib with 17 significant digits (and the SIP
 coefficients re-formatted exactly), so pixel -> sky is the same bit for bit after a round trip.
 
@@ -47,15 +51,18 @@ writers raise :class:`repo.errors.FormatterError` for objects they cannot write.
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
 import re
 import warnings
+import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.hdu.compressed import _codecs as _fits_codecs
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs import wcs as _wcs_module
@@ -86,6 +93,23 @@ _DRP_KEYS = {"DRPTYPE", "DRPVERS", "NEXTEND", "CALMEAN", "CALERR", "MAGZERO", "M
 _RESERVED = _STRUCTURAL | _DRP_KEYS
 
 _EXPOSURE_PLANES = ("IMAGE", "MASK", "VARIANCE")
+#: Rows per compression tile: astropy decodes one tile at a time in Python (~25 us each), and
+#: longer tiles deflate better (a 1024^2 image of noise: 3.37 MB in 16-row tiles, 3.23 MB in 64).
+TILE_ROWS = 64
+#: Deflate level of GZIP tiles. astropy's is 9, which on noise is 2-4x slower than 1 for 1-3%
+#: smaller files (a 1024^2 image in 64-row tiles: 0.28 s for 3.14 MB, level 1: 0.08 s, 3.23 MB).
+GZIP_LEVEL = 1
+
+
+def _deflate_tile(data: bytes) -> bytes:
+    """gzip for the GZIP_1/GZIP_2 tiles astropy writes: level :data:`GZIP_LEVEL`, and no time
+    stamp, which gzip otherwise records, making two writes of the same content differ."""
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+# astropy's tile codecs call this module-level function with no options (no API sets either);
+# every gzip tile written in a process that reads or writes drp FITS files is deterministic.
+_fits_codecs.gzip_compress = _deflate_tile
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _WCS_PRECISION = _wcs_module.WCSHDO_all | _wcs_module.WCSHDO_P17 | _wcs_module.WCSHDO_SIP
 _SIP_KEY = re.compile(r"^(A|B|AP|BP)_(\d+)_(\d+)$")
@@ -286,7 +310,16 @@ def _open(data: bytes, source: str, *, strict: bool) -> fits.HDUList:
                 _ = hdu.data
     except CorruptDatasetError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, Warning) as exc:
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        EOFError,
+        zlib.error,  # a damaged compressed tile
+        Warning,
+    ) as exc:
         raise CorruptDatasetError(f"{source}: cannot decode FITS ({str(exc).strip()})") from exc
     return hdul
 
@@ -381,7 +414,7 @@ def write_exposure(exposure: Exposure) -> bytes:
     for name, array in zip(
         _EXPOSURE_PLANES, (exposure.image, exposure.mask, exposure.variance), strict=True
     ):
-        hdu = fits.ImageHDU(array, name=name)
+        hdu = compressed_hdu(array, name)
         if wcs_cards is not None:
             hdu.header.extend(wcs_cards.cards)
         if name == "MASK":
@@ -390,6 +423,29 @@ def write_exposure(exposure: Exposure) -> bytes:
         hdus.append(hdu)
     hdus.extend(psf_hdus)
     return _to_bytes(fits.HDUList(hdus), checksum=True, verify="exception")
+
+
+def compressed_hdu(
+    array: np.ndarray, name: str, header: fits.Header | None = None
+) -> fits.CompImageHDU:
+    """A losslessly tile-compressed image HDU: RICE_1 for integers (booleans as uint8), GZIP_2
+    for floats (not quantized), in tiles of :data:`TILE_ROWS` whole rows."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    tile = (min(TILE_ROWS, array.shape[0]), array.shape[-1])
+    if array.dtype.kind == "f":
+        return fits.CompImageHDU(
+            array,
+            header=header,
+            name=name,
+            compression_type="GZIP_2",
+            quantize_level=0.0,
+            tile_shape=tile,
+        )
+    return fits.CompImageHDU(
+        array, header=header, name=name, compression_type="RICE_1", tile_shape=tile
+    )
 
 
 def _exposure_primary_header(exposure: Exposure) -> fits.Header:

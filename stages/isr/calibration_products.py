@@ -32,6 +32,7 @@ import numpy as np
 from astropy.io import fits
 
 from repo.errors import DrpError
+from repo.formatters.fits import compressed_hdu
 
 from .correction import DEFAULT_ISR_CONFIG, AssembledRaw, IsrConfig, assemble
 
@@ -61,16 +62,17 @@ class CalibrationProduct:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_hdulist(self) -> fits.HDUList:
-        """FITS form: primary header with the metadata, IMAGE, VARIANCE and DEFECTS HDUs."""
+        """FITS form: primary header with the metadata, IMAGE, VARIANCE and DEFECTS HDUs
+        (tile-compressed without loss, :func:`repo.formatters.fits.compressed_hdu`)."""
         primary = fits.PrimaryHDU()
         for key, value in self.metadata.items():
             primary.header[key] = value
         return fits.HDUList(
             [
                 primary,
-                fits.ImageHDU(self.image.astype(np.float32), name="IMAGE"),
-                fits.ImageHDU(self.variance.astype(np.float32), name="VARIANCE"),
-                fits.ImageHDU(self.defects.astype(np.uint8), name="DEFECTS"),
+                compressed_hdu(self.image.astype(np.float32), "IMAGE"),
+                compressed_hdu(self.variance.astype(np.float32), "VARIANCE"),
+                compressed_hdu(self.defects.astype(np.uint8), "DEFECTS"),
             ]
         )
 

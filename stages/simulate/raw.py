@@ -60,6 +60,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from repo.errors import DrpError
+from repo.formatters.fits import compressed_hdu
 from repo.instruments.simcam import SimCam
 
 from .config import SurveyConfig, survey_rng
@@ -192,7 +193,8 @@ def _amplifier_hdus(
     images: list[np.ndarray],
     pointing: tuple[float, float, float] | None,
 ) -> list[fits.ImageHDU]:
-    """One image HDU per amplifier; with a pointing, each carries its TAN-SIP WCS."""
+    """One image HDU per amplifier, Rice-compressed as a camera's raws often are (lossless on
+    integers, about half the size); with a pointing, each carries its TAN-SIP WCS."""
     det = camera.detector(detector)
     hdus = []
     for amp, image in zip(det.amplifiers, images, strict=True):
@@ -208,7 +210,7 @@ def _amplifier_hdus(
         hdr["SATURATE"] = (amp.saturation_adu, "[ADU] saturation level")
         if pointing is not None:
             hdr.extend(camera.wcs_header(det.id, *pointing, x_offset=-amp.x0))
-        hdus.append(fits.ImageHDU(image, header=hdr, name=amp.name))
+        hdus.append(compressed_hdu(image, amp.name, hdr))
     return hdus
 
 

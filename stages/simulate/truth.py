@@ -51,6 +51,7 @@ from astropy.io import fits
 from astropy.table import Table, vstack
 
 from repo.errors import CorruptDatasetError
+from repo.formatters.fits import compressed_hdu
 from repo.instruments.simcam import AB_NJY_ZERO_POINT, SimCam
 
 from .plan import SurveyPlan, Visit
@@ -303,21 +304,15 @@ def truth_masks(camera: SimCam, detector: int, signal: DetectorSignal) -> dict[s
 def masks_to_hdulist(masks: dict[str, np.ndarray]) -> fits.HDUList:
     """Truth masks as a FITS file: an empty primary HDU and one image HDU per mask.
 
-    The images are tile-compressed without loss (GZIP_2, no quantization of floats): they are
-    mostly zeros, and compression makes them ~70x smaller. Each gzip member records the second
-    it was written, so two writes of the same masks have the same headers and pixels but may
-    differ in those bytes.
+    The images are tile-compressed without loss (:func:`repo.formatters.fits.compressed_hdu`):
+    they are mostly zeros, and compression makes them ~100x smaller.
     """
     hdus = [fits.PrimaryHDU()]
     for name, dtype in MASK_DTYPES.items():
         if name not in masks:
             raise CorruptDatasetError(f"truth masks lack {name!r}")
         data = np.asarray(masks[name]).astype(dtype)
-        hdus.append(
-            fits.CompImageHDU(
-                data, name=name.upper(), compression_type="GZIP_2", quantize_level=0.0
-            )
-        )
+        hdus.append(compressed_hdu(data, name.upper()))
     return fits.HDUList(hdus)
 
 
