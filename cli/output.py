@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMATS = ("table", "csv", "json")
+#: Widest cell of the table format; longer values (a region's vertices) are shortened.
+MAX_CELL = 48
 
 
 def _json_value(value: Any) -> Any:
@@ -31,7 +33,11 @@ def _json_value(value: Any) -> Any:
 def format_rows(
     rows: Sequence[Mapping[str, Any]], fmt: str, columns: Sequence[str] | None = None
 ) -> str:
-    """Render rows (dicts) in one of :data:`FORMATS`; ``columns`` fixes the column order."""
+    """Render rows (dicts) in one of :data:`FORMATS`; ``columns`` fixes the column order.
+
+    The table shortens values longer than :data:`MAX_CELL` characters (and says so); CSV and
+    JSON give every value whole.
+    """
     if columns is None:
         columns = []
         for row in rows:
@@ -48,10 +54,15 @@ def format_rows(
     if not rows:
         return "(no rows)"
     cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    shortened = any(len(v) > MAX_CELL for r in cells for v in r)
+    if shortened:
+        cells = [[v if len(v) <= MAX_CELL else v[: MAX_CELL - 3] + "..." for v in r] for r in cells]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
         "  ".join("-" * w for w in widths),
     ]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    if shortened:
+        lines.append(f"(values over {MAX_CELL} characters shortened; --format json shows them)")
     return "\n".join(line.rstrip() for line in lines)

@@ -534,15 +534,35 @@ def demo(
     run = process_survey(r, jobs=jobs, keep_intermediates=keep_intermediates)
     click.echo(f"pipeline {DEMO_PIPELINE} into {DEMO_RUN}: {run.describe()}")
     click.echo(f"processing took {time.perf_counter() - start:.1f} s")
-    counts = r.sql(
-        "SELECT dataset_type, run, count(*) AS n FROM datasets "
-        "GROUP BY ALL ORDER BY run, dataset_type"
-    )
-    click.echo(format_rows(counts.to_pylist(), "table", ["run", "dataset_type", "n"]))
+    click.echo(_footprint(r))
     click.echo(format_report(score_repository(r, [DEMO_RUN, DEFAULTS])))
-    click.echo(f"as figures: drp report {r.storage.url} --plot report.png")
+    click.echo(
+        f"as figures: drp report {r.storage.url} --plot report.png; every dataset: "
+        f"drp query-datasets {r.storage.url}"
+    )
     if not run.ok:
         sys.exit(1)
+
+
+def _footprint(repo: Repository) -> str:
+    """What the repository holds: datasets and megabytes per run, and in all (registry too)."""
+    rows = repo.sql(
+        "SELECT run, count(*) AS datasets, sum(size) AS bytes FROM datasets GROUP BY run "
+        "ORDER BY run"
+    ).to_pylist()
+    registry = sum(size for _, size in repo.storage.walk_files("registry"))
+    total = sum(int(row["bytes"]) for row in rows) + registry
+    width = max((len(row["run"]) for row in rows), default=0)
+    lines = [
+        f"the repository holds {total / 1e6:.0f} MB: {sum(r['datasets'] for r in rows)} "
+        f"datasets ({(total - registry) / 1e6:.0f} MB) and the registry "
+        f"({registry / 1e6:.1f} MB)"
+    ]
+    lines.extend(
+        f"  {row['run']:<{width}}  {row['datasets']:>5} datasets  {int(row['bytes']) / 1e6:>7.1f} MB"
+        for row in rows
+    )
+    return "\n".join(lines)
 
 
 COMMANDS = [run, pipeline_group, provenance, skymap, report, demo]

@@ -124,7 +124,14 @@ def ingest(
         transfer=transfer,
         mode="skip" if skip_existing else "error",
     )
-    click.echo(f"ingested {len(refs)} dataset(s) into {run}")
+    by_type: dict[str, int] = {}
+    for ref in refs:
+        by_type[ref.dataset_type.name] = by_type.get(ref.dataset_type.name, 0) + 1
+    kinds = ", ".join(f"{n} {name}" for name, n in by_type.items())
+    line = f"ingested {len(refs)} dataset(s) from {len(files)} file(s) into {run}: {kinds}"
+    if len(refs) < len(files):
+        line += " (the files of one exposure, such as image, weight and mask, make one dataset)"
+    click.echo(line)
 
 
 def _ref_row(ref: Any) -> dict[str, Any]:

@@ -171,3 +171,48 @@ def test_console_script_entry_point(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("Error:")
     assert "already a drp repository" in proc.stderr
+
+
+def test_table_output_shortens_long_values_and_says_so():
+    from cli.output import MAX_CELL, format_rows
+
+    region = "[" + ", ".join(f"[{i}.123456789, -27.987654321]" for i in range(20)) + "]"
+    rows = [{"visit": 1, "region": region}]
+    table = format_rows(rows, "table").splitlines()
+    assert max(len(line) for line in table[:3]) <= len("visit  ") + MAX_CELL
+    assert table[2].endswith("...") and table[-1].startswith(f"(values over {MAX_CELL}")
+    assert json.loads(format_rows(rows, "json"))[0]["region"] == region  # whole in JSON
+    assert region in format_rows(rows, "csv")
+    assert "shortened" not in format_rows([{"visit": 1}], "table")
+
+
+def test_ingest_says_how_files_became_datasets_and_refuses_truncated_files(tmp_path):
+    import shutil
+    import warnings
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    source = shared / "decam-legacypipe-tc6" / "images" / "decam" / "CP"
+    files = sorted(str(p) for p in source.glob("*/CP20150109/*.fits"))
+    assert len(files) == 3  # one CCD: image, weight and mask
+    url = str(tmp_path / "repo")
+    run("create", url)
+    result = run("ingest", url, *files, "--run", "DECam/cp")
+    assert "ingested 1 dataset(s) from 3 file(s) into DECam/cp: 1 instcal" in result.output
+    assert "image, weight and mask, make one dataset" in result.output
+    # a truncated copy: one clear error naming the file, no astropy warnings, nothing ingested
+    folder = tmp_path / "truncated"
+    folder.mkdir()
+    for path in files:
+        shutil.copy(path, folder)
+    image = next(folder.glob("*_ooi_*"))
+    image.chmod(0o644)
+    image.write_bytes(image.read_bytes()[:40000])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = run("ingest", url, *sorted(map(str, folder.iterdir())), "--run", "DECam/t",
+                     ok=False)  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and str(image) in result.output
+    assert "truncated" in result.output
+    assert "DECam/t" not in {c.name for c in Repository(url).collections()}

@@ -15,6 +15,7 @@ from repo.exposure import Exposure
 from repo.repository import Repository
 from stages.quality.plots import plot_report
 from stages.quality.report import (
+    REPORT_GOALS,
     REPORT_KEYS,
     ReportData,
     _cr_pixels,
@@ -22,6 +23,7 @@ from stages.quality.report import (
     _sky_noise_ratio,
     _star_core_pixels,
     format_report,
+    goals_met,
     score_repository,
 )
 
@@ -115,6 +117,26 @@ def test_matched_stars_offsets_and_flux_ratios():
     np.testing.assert_allclose(matched["x"], [20.3, 100.0])
 
 
+def test_figures_are_printed_beside_their_goals():
+    report = dict.fromkeys(REPORT_KEYS)
+    report.update(collections=["run"], n_calexps=3, astrom_rms_mas=12.5, zp_err_mmag=1.2,
+                  sky_noise_ratio=0.97, cr_star_false_rate=0.0005)  # fmt: skip
+    assert goals_met(report) == {
+        **dict.fromkeys(REPORT_GOALS),
+        "astrom_rms_mas": False,  # <= 10
+        "zp_err_mmag": True,
+        "sky_noise_ratio": False,  # 1 +- 0.02
+        "cr_star_false_rate": True,
+    }
+    lines = format_report(report).splitlines()
+    astrometry = next(line for line in lines if "astrom_rms_mas" in line)
+    assert "12.5 mas" in astrometry and "goal <= 10 mas" in astrometry
+    assert astrometry.endswith("MISSED")
+    assert next(line for line in lines if "zp_err_mmag" in line).endswith("ok")
+    assert "goal 1 +- 0.02" in next(line for line in lines if "sky_noise_ratio" in line)
+    assert lines[-1] == "goals met: 2 of 4"
+
+
 def test_missing_datasets_give_nulls_never_numbers(tmp_path):
     repo = Repository.create(str(tmp_path / "empty"))
     for run in ("SimCam/runs/demo", "SimCam/defaults"):
@@ -123,6 +145,8 @@ def test_missing_datasets_give_nulls_never_numbers(tmp_path):
     assert all(report[key] is None for key in REPORT_KEYS)
     assert report["n_calexps"] == 0
     assert "n/a (no datasets)" in format_report(report)
+    assert report["goals_met"] == dict.fromkeys(REPORT_GOALS)
+    assert format_report(report).splitlines()[-1] == "goals met: 0 of 0"
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "empty"), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

@@ -381,19 +381,23 @@ def test_log_progress_reports_each_tenth_failures_and_completion():
 
     out = io.StringIO()
     progress = LogProgress(out)
-    progress.start({"a": 20, "b": 0, "c": 1})
+    progress.start({"a": 20, "b": 0, "c": 1, "d": 79})
     for i in range(20):
         progress.advance("a", "failed" if i == 3 else "done", "{'visit': 4}: boom")
     progress.advance("c", "blocked")
+    for _ in range(79):
+        progress.advance("d", "done")
     progress.finish()
     lines = out.getvalue().splitlines()
-    assert lines[0] == "running 21 quanta: a 20, c 1"
-    assert lines[2] == "a: FAILED {'visit': 4}: boom"
-    tenths = [line for line in lines if line.startswith("a: ") and "finished" in line]
-    assert len(tenths) == 10
-    assert tenths[0] == "a: 2/20 quanta finished (2 done)"
-    assert tenths[-1] == "a: 20/20 quanta finished (19 done, 1 failed)"
-    assert lines[-1] == "c: 1/1 quanta finished (0 done, 1 blocked)"
+    assert lines[0] == "running 100 quanta: a 20, c 1, d 79"
+    assert lines[1] == "a: FAILED {'visit': 4}: boom"
+    tenths = [line for line in lines if "quanta finished (" in line and "%" in line]
+    assert len(tenths) == 9  # 10% .. 90%; the stages' own lines say the end
+    assert re.fullmatch(r"10/100 quanta finished \(10%\) in \d+\.\d s", tenths[0])
+    assert lines.index(tenths[0]) < lines.index("a: all 20 quanta finished (19 done, 1 failed)")
+    assert "c: all 1 quanta finished (0 done, 1 blocked)" in lines
+    assert lines[-1] == "d: all 79 quanta finished (79 done)"
+    assert len(lines) == 1 + 1 + 9 + 3
     assert isinstance(make_progress(io.StringIO()), LogProgress)
 
     class Terminal(io.StringIO):

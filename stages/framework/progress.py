@@ -1,13 +1,14 @@
 """Progress of a pipeline run: a bar per stage on a terminal, plain log lines otherwise.
 
 :func:`make_progress` picks the form from the output stream: on a TTY, one tqdm bar per stage;
-otherwise (CI, a log file) a line per stage each time another tenth of its quanta has finished, a
-line for every failure, and a line when a stage completes.
+otherwise (CI, a log file) a line each time another tenth of the run's quanta has finished, a line
+for every failure, and a line when a stage completes: about twenty lines for a run of any size.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -26,18 +27,20 @@ class Progress:
 
 
 class LogProgress(Progress):
-    """Plain lines: every tenth of a stage, every failure, and each stage's completion."""
+    """Plain lines: every tenth of the run, every failure, and each stage's completion."""
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
         self.totals: dict[str, int] = {}
         self.counts: dict[str, dict[str, int]] = {}
-        self.shown: dict[str, int] = {}
+        self.shown = 0
+        self.started = time.monotonic()
 
     def start(self, totals: Mapping[str, int]) -> None:
         self.totals = {k: v for k, v in totals.items() if v}
         self.counts = {k: {"done": 0, "failed": 0, "blocked": 0} for k in self.totals}
-        self.shown = dict.fromkeys(self.totals, 0)
+        self.shown = 0
+        self.started = time.monotonic()
         summary = ", ".join(f"{k} {v}" for k, v in self.totals.items()) or "nothing"
         self._line(f"running {sum(self.totals.values())} quanta: {summary}")
 
@@ -46,18 +49,23 @@ class LogProgress(Progress):
         counts[status] = counts.get(status, 0) + 1
         if status == "failed":
             self._line(f"{label}: FAILED {message}")
-        finished = sum(counts.values())
-        total = self.totals[label]
+        if sum(counts.values()) == self.totals[label]:
+            self._line(f"{label}: all {self.totals[label]} quanta finished ({_counts(counts)})")
+        finished = sum(sum(c.values()) for c in self.counts.values())
+        total = sum(self.totals.values())
         tenth = finished * 10 // total
-        if tenth > self.shown[label] or finished == total:
-            self.shown[label] = tenth
-            extra = "".join(f", {counts[s]} {s}" for s in ("failed", "blocked") if counts.get(s))
-            self._line(
-                f"{label}: {finished}/{total} quanta finished ({counts['done']} done{extra})"
-            )
+        if tenth > self.shown and finished < total:
+            self.shown = tenth
+            elapsed = time.monotonic() - self.started
+            self._line(f"{finished}/{total} quanta finished ({tenth}0%) in {elapsed:.1f} s")
 
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    extra = "".join(f", {counts[s]} {s}" for s in ("failed", "blocked") if counts.get(s))
+    return f"{counts['done']} done{extra}"
 
 
 class TqdmProgress(Progress):

@@ -152,7 +152,8 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
     -------
     ReportData
         ``report``: :data:`REPORT_KEYS` (None where the needed datasets are missing),
-        ``n_calexps``, and per-calexp detail under ``calexps``; and the stars behind it.
+        ``n_calexps``, per-calexp detail under ``calexps`` and, under ``goals_met``, whether
+        each figure meets its goal (:data:`REPORT_GOALS`); and the stars behind it.
 
     Raises
     ------
@@ -169,6 +170,7 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
     conditions = _find(repo, "truthVisitConditions", {}, collections)
     if not calexp_refs or conditions is None:
         report["calexps"] = []
+        report["goals_met"] = goals_met(report)
         return ReportData(report, _stack([], MATCHED_COLUMNS), psf_stars)
     zp_true = {
         int(v): float(z) for v, z in zip(conditions["visit"], conditions["zero_point"], strict=True)
@@ -255,6 +257,7 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
         report["star_core_pixels"] = int(total)
     if noise:
         report["sky_noise_ratio"] = float(np.median(noise))
+    report["goals_met"] = goals_met(report)
     return ReportData(report, matched, psf_stars)
 
 
@@ -407,26 +410,74 @@ def _sky_noise_ratio(calexp: Any, truth: Table) -> float:
     return float(sigma_clipped_stats(z, sigma=5.0)[2])
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The report's top-level figures as aligned text lines (``n/a`` where missing)."""
-    units = {
-        "astrom_rms_mas": "mas",
-        "zp_err_mmag": "mmag",
-        "psf_flux_ratio_median": "",
-        "psf_flux_pull_rms": "",
-        "psf_size_resid": "",
-        "psf_e1_resid": "",
-        "psf_e2_resid": "",
-        "extendedness_star_completeness": "",
-        "extendedness_galaxy_completeness": "",
-        "cr_recall": "",
-        "cr_star_false_rate": "",
-        "sky_noise_ratio": "",
+@dataclass(frozen=True)
+class Goal:
+    """What a report figure should be: at most, at least, or within ``tolerance`` of a value."""
+
+    kind: str  # "max", "min" or "near"
+    value: float
+    tolerance: float = 0.0
+
+    def met(self, figure: float) -> bool:
+        if self.kind == "max":
+            return figure <= self.value
+        if self.kind == "min":
+            return figure >= self.value
+        return abs(figure - self.value) <= self.tolerance
+
+    def describe(self, unit: str = "") -> str:
+        unit = f" {unit}" if unit else ""
+        if self.kind == "near":
+            return f"{self.value:g} +- {self.tolerance:g}{unit}"
+        return f"{'<=' if self.kind == 'max' else '>='} {self.value:g}{unit}"
+
+
+#: The goals of single-visit processing (those the issue that built it set, and for star/galaxy
+#: separation at S/N >= 20 our own), printed beside each figure.
+REPORT_GOALS: dict[str, Goal] = {
+    "astrom_rms_mas": Goal("max", 10.0),
+    "zp_err_mmag": Goal("max", 5.0),
+    "psf_flux_ratio_median": Goal("near", 1.0, 0.005),
+    "psf_flux_pull_rms": Goal("near", 1.0, 0.1),
+    "psf_size_resid": Goal("max", 0.01),
+    "psf_e1_resid": Goal("max", 0.01),
+    "psf_e2_resid": Goal("max", 0.01),
+    "extendedness_star_completeness": Goal("min", 0.95),
+    "extendedness_galaxy_completeness": Goal("min", 0.9),
+    "cr_recall": Goal("min", 0.95),
+    "cr_star_false_rate": Goal("max", 0.001),
+    "sky_noise_ratio": Goal("near", 1.0, 0.02),
+}
+
+REPORT_UNITS = {"astrom_rms_mas": "mas", "zp_err_mmag": "mmag"}
+
+
+def goals_met(report: dict[str, Any]) -> dict[str, bool | None]:
+    """For each figure with a goal: whether it is met (None where the figure is missing)."""
+    return {
+        key: None if report.get(key) is None else goal.met(float(report[key]))
+        for key, goal in REPORT_GOALS.items()
     }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report's top-level figures as aligned text lines, each beside its goal (``n/a``
+    where missing), and how many goals are met."""
     lines = [f"report on {', '.join(report['collections'])}: {report['n_calexps']} calexps"]
     width = max(len(key) for key in REPORT_KEYS)
+    met = goals_met(report)
+    rows = []
     for key in REPORT_KEYS:
-        value = report.get(key)
-        text = "n/a (no datasets)" if value is None else f"{value:.5g} {units[key]}".rstrip()
-        lines.append(f"  {key:<{width}} {text}")
+        value, unit = report.get(key), REPORT_UNITS.get(key, "")
+        text = "n/a (no datasets)" if value is None else f"{value:.5g} {unit}".rstrip()
+        verdict = {True: "ok", False: "MISSED", None: ""}[met.get(key)]
+        goal = REPORT_GOALS[key].describe(unit) if key in REPORT_GOALS else ""
+        rows.append((key, text, goal, verdict))
+    text_width = max(len(r[1]) for r in rows)
+    goal_width = max(len(r[2]) for r in rows)
+    for key, text, goal, verdict in rows:
+        line = f"  {key:<{width}} {text:<{text_width}}  goal {goal:<{goal_width}}  {verdict}"
+        lines.append(line.rstrip())
+    known = [v for v in met.values() if v is not None]
+    lines.append(f"goals met: {sum(known)} of {len(known)}")
     return "\n".join(lines)
