@@ -21,9 +21,10 @@ from stages_toys import TESTS_DIR, make_toy_repo, toy_pipeline_yaml
 from cli.main import cli
 from repo.repository import Repository
 from stages.framework.executors import run_graph
-from stages.framework.graph import ConfigChangedError, build_graph
+from stages.framework.graph import build_graph
 from stages.framework.pipeline import Pipeline
 from stages.framework.provenance import trace_provenance
+from stages.framework.status import ConfigChangedError
 
 ROOT = os.path.dirname(TESTS_DIR)
 OUTPUT_TYPES = ["calexp", "src", "visitSummary", "warp", "coadd"]

@@ -22,7 +22,8 @@ stage (in dependency order) gets one :class:`Quantum` per dataId over its quantu
 5. A quantum whose written outputs all exist in the output run with the same config hash is
    marked ``skip``, unless ``clobber`` is asked for, a quantum it depends on has to run, or a
    quantum that reads one of its in-memory outputs has to run. Outputs made with another config
-   are refused (:class:`ConfigChangedError`) unless ``clobber``.
+   are refused (:class:`~stages.framework.status.ConfigChangedError`) unless ``clobber``
+   (steps 4 and 5: :mod:`stages.framework.status`).
 
 Every problem the graph can find (unknown dataset types, definitions that disagree with the
 registry, a missing prerequisite or input, a where that selects nothing, changed configs) is raised
@@ -34,8 +35,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import polars as pl
 
 from repo.dimensions import UNIVERSE, DataId, DimensionGroup
 from repo.errors import CollectionError, DatasetNotFoundError, DatasetTypeError
@@ -53,6 +52,7 @@ from .overlaps import RegionOverlaps
 from .pipeline import Pipeline, StageDef
 from .quanta import QUANTUM_ID_NAMESPACE, Quantum, QuantumGraph, fast_uuid5
 from .skymap_setup import load_skymap
+from .status import mark_done, mark_transient
 from .where_filter import WhereFilter
 
 _MAX_LISTED = 5
@@ -60,10 +60,6 @@ _MAX_LISTED = 5
 
 class NothingSelectedError(PipelineError):
     """The inputs and where-expression select no quanta at all."""
-
-
-class ConfigChangedError(PipelineError):
-    """Outputs in the output run were made with another configuration of their stage."""
 
 
 @dataclass
@@ -425,82 +421,6 @@ class _Builder:
 
     # -- statuses -------------------------------------------------------------------------
 
-    def mark_transient(self, keep_intermediates: bool) -> None:
-        """Mark the outputs handed in memory: of an intermediate dataset type (unless kept), and
-        read by some quantum of this graph (one nobody here reads is written as usual)."""
-        if keep_intermediates or not self.pipeline.intermediates:
-            return
-        intermediates = set(self.pipeline.intermediates)
-        consumed = {r.id for q in self.quanta.values() for refs in q.inputs.values() for r in refs}
-        for quantum in self.quanta.values():
-            quantum.transient = frozenset(
-                name
-                for name, ref in quantum.outputs.items()
-                if ref.dataset_type.name in intermediates and ref.id in consumed
-            )
-
-    def mark_done(self, clobber: bool) -> None:
-        """Mark quanta whose outputs exist with the same config 'skip'; refuse changed configs.
-
-        An output handed in memory (:meth:`mark_transient`) is not looked for; instead, until
-        nothing changes: a quantum downstream of one that runs runs too (its inputs change),
-        and the producer of an in-memory input of a quantum that runs runs too, unless that
-        input exists (kept by an earlier run).
-        """
-        current = self.repo.registry.current_datasets(refresh=True)
-        mine = current.filter(pl.col("run") == self.output_run).select("dataset_id", "config_hash")
-        existing = dict(mine.iter_rows())
-        hashes = {s.label: s.config_hash for s in self.pipeline.stages}
-        changed: dict[str, list[Quantum]] = {}
-        for quantum in self.quanta.values():
-            found = [existing.get(r.id, _ABSENT) for r in quantum.outputs.values()]
-            if any(h is not _ABSENT and h != hashes[quantum.label] for h in found):
-                changed.setdefault(quantum.label, []).append(quantum)
-            complete = all(
-                existing.get(r.id, _ABSENT) == hashes[quantum.label]
-                for name, r in quantum.outputs.items()
-                if name not in quantum.transient
-            )
-            quantum.status = "skip" if complete and not clobber else "run"
-        if changed and not clobber:
-            label, quanta = next(iter(changed.items()))
-            raise ConfigChangedError(
-                f"stage {label!r}: {len(quanta)} quanta (e.g. {quanta[0].short_id}) have "
-                f"outputs in run {self.output_run!r} made with another configuration (this one "
-                f"is sha256 {hashes[label][:12]}...); use --clobber to redo them with the new "
-                "configuration, or write to a new output run"
-            )
-        producer_of = {
-            ref.id: quantum
-            for quantum in self.quanta.values()
-            for name, ref in quantum.outputs.items()
-            if name in quantum.transient
-        }
-        ordered = list(self.quanta.values())  # dependency order: upstream first
-        changing = True
-        while changing:
-            changing = False
-            for quantum in ordered:
-                if quantum.status == "skip" and any(
-                    self.quanta[u].status == "run" for u in quantum.upstream
-                ):
-                    quantum.status, changing = "run", True
-            for quantum in reversed(ordered):
-                if quantum.status != "run":
-                    continue
-                for refs in quantum.inputs.values():
-                    for ref in refs:
-                        producer = producer_of.get(ref.id)
-                        if (
-                            producer is not None
-                            and producer.status == "skip"
-                            and existing.get(ref.id) != hashes[producer.label]
-                        ):
-                            producer.status, changing = "run", True
-
-
-_ABSENT = object()
-
 
 def _by_order(candidate: _Candidate) -> tuple:
     return candidate.order
@@ -604,7 +524,7 @@ def build_graph(
     ------
     NothingSelectedError
         If no quanta at all are selected.
-    ConfigChangedError
+    stages.framework.status.ConfigChangedError
         If outputs exist with another config and ``clobber`` is false.
     DatasetNotFoundError, DatasetTypeError, PipelineError, WhereSyntaxError
         For the problems listed in the module documentation.
@@ -622,8 +542,8 @@ def build_graph(
             f"nothing to do: {what} select(s) no data for pipeline {pipeline.source} "
             f"(stages {', '.join(pipeline.labels)}) in collections {builder.search}"
         )
-    builder.mark_transient(keep_intermediates)
-    builder.mark_done(clobber)
+    mark_transient(builder.quanta, pipeline, keep_intermediates)
+    mark_done(repo, builder.quanta, pipeline, builder.output_run, clobber)
     return QuantumGraph(
         pipeline,
         builder.output_run,
@@ -651,7 +571,6 @@ def used_tracts(graph: QuantumGraph) -> set[int]:
 
 
 __all__ = [
-    "ConfigChangedError",
     "NothingSelectedError",
     "build_graph",
     "dataset_types_to_register",
