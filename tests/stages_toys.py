@@ -37,6 +37,7 @@ TOY_SKYMAP = SkyMapConfig.test("toy_rings")
 class CalibrateConfig:
     gain: float = 2.0
     fail_visits: tuple[int, ...] = ()
+    fail_detectors: tuple[int, ...] = ()
     sleep: float = 0.0
 
 
@@ -52,6 +53,8 @@ class Calibrate(Stage):
     def run(self, raw, bias, data_id):
         if data_id["visit"] in self.config.fail_visits:
             raise RuntimeError(f"visit {data_id['visit']} is cursed")
+        if data_id["detector"] in self.config.fail_detectors:
+            raise RuntimeError(f"detector {data_id['detector']} is cursed")
         if self.config.sleep:
             time.sleep(self.config.sleep)
         return {"calexp": (raw - bias) * self.config.gain}
@@ -94,6 +97,30 @@ class Warp(Stage):
         detectors = [d["detector"] for d in calexp]
         assert detectors == sorted(detectors)
         return {"warp": np.mean([image for image in calexp.values()], axis=0)}
+
+
+class Echo(Stage):
+    """A second reader of src, downstream of measure only."""
+
+    dimensions = VD
+    inputs = {"src": Connection("src", VD, "Catalog")}
+    outputs = {"echo": Connection("srcEcho", VD, "Catalog")}
+
+    def run(self, src):
+        return {"echo": src}
+
+
+class SummarizedWarp(Warp):
+    """A warp that also reads its visit's summary (as a warp needs a visit's calibrations)."""
+
+    inputs = {
+        **Warp.inputs,
+        "summary": Connection("visitSummary", ("instrument", "visit"), "Catalog"),
+    }
+
+    def run(self, calexp, summary, data_id, skymap):
+        assert summary.num_rows >= len(calexp)  # every detector of the visit is summarized
+        return super().run(calexp, data_id, skymap)
 
 
 class Coadd(Stage):

@@ -26,12 +26,17 @@ ROOT = os.path.dirname(TESTS_DIR)
 CHAIN = toy_pipeline_yaml(intermediates=("calexp",))
 
 
-def build(repo, selection="#singleFrame", keep=False, **config):
+def build(repo, selection="#singleFrame", keep=False, clobber=False, **config):
     pipeline = Pipeline.from_yaml(toy_pipeline_yaml(intermediates=("calexp",), **config))
     if selection:
         pipeline = pipeline.subset(selection[1:])
     return build_graph(
-        repo, pipeline, output_run="out", inputs=["raw", "calib"], keep_intermediates=keep
+        repo,
+        pipeline,
+        output_run="out",
+        inputs=["raw", "calib"],
+        keep_intermediates=keep,
+        clobber=clobber,
     )
 
 
@@ -228,3 +233,95 @@ def test_kill_9_of_the_driver_mid_chain_then_rerun(tmp_path):
     verify = subprocess.run([sys.executable, "-m", "cli.main", "verify", repo.storage.url],
                             env=env, capture_output=True, text=True)  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _pipeline(stages: str, **config) -> Pipeline:
+    """The toy stages named (label: class), with calexp handed over in memory."""
+    lines = ["stages:"]
+    for label in stages.split():
+        name = {"swarp": "SummarizedWarp", "visitSummary": "VisitSummary"}.get(
+            label, label.capitalize()
+        )
+        lines.append(f"  {label}: stages_toys.{name}" if label != "calibrate" else "  calibrate:")
+        if label == "calibrate":
+            lines.append("    class: stages_toys.Calibrate")
+            if config:
+                lines.append("    config:")
+                lines.extend(f"      {k}: {v!r}" for k, v in config.items())
+    lines.append("intermediates: [calexp]")
+    return Pipeline.from_yaml("\n".join(lines) + "\n")
+
+
+def _graph(repo, pipeline, **kwargs):
+    return build_graph(repo, pipeline, output_run="out", inputs=["raw", "calib"], **kwargs)
+
+
+def test_a_failure_in_a_fan_in_job_counts_every_quantum_once(tmp_path):
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=2)
+    graph = _graph(repo, _pipeline("calibrate measure echo warp", fail_detectors=[0]))
+    summary = run_graph(repo, graph, jobs=1)
+    totals = summary.totals
+    assert totals["done"] + totals["failed"] + totals["blocked"] == len(graph.quanta)
+    assert totals["failed"] == 2  # detector 0 of each visit
+    # the other detectors' sources and echoes were made and are counted done, not blocked
+    echoes = repo.query_datasets("srcEcho", collections="out")
+    assert sorted(r.data_id["detector"] for r in echoes) == [1, 1, 2, 2, 3, 3]
+    assert summary.counts["echo"] == {"done": 6, "skipped": 0, "failed": 0, "blocked": 2}
+    assert all(q.label in ("measure", "echo", "warp") for q in summary.blocked)
+
+
+def test_jobs_that_depend_on_each_other_are_merged(tmp_path):
+    """Warps read in-memory calexps and the visit summary made from the same visit's sources:
+    two groups that need each other, run as one job rather than waiting for ever."""
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=2)
+    graph = _graph(repo, _pipeline("calibrate measure visitSummary swarp"))
+    jobs = graph.jobs()
+    assert len(jobs) == 2  # one per visit
+    for job in jobs:
+        position = {q: i for i, q in enumerate(job)}
+        for q in job:  # in dependency order
+            assert all(position[u] < position[q] for u in graph.quanta[q].upstream if u in position)
+    summary = run_graph(repo, graph, jobs=2)
+    assert summary.ok and summary.totals["done"] == len(graph.quanta), summary.describe()
+    assert repo.query_datasets("warp", collections="out")
+
+
+def test_regenerating_an_in_memory_input_changes_nothing_downstream(tmp_path):
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=2)
+    pipeline = _pipeline("calibrate measure warp")
+    run_graph(repo, _graph(repo, pipeline), jobs=1)
+    victim = repo.find_dataset("src", instrument="TestCam", visit=2, detector=1, collections="out")
+    repo.remove_datasets([victim])
+    again = _graph(repo, pipeline)
+    to_run = sorted(str(q) for q in again.quanta.values() if q.status == "run")
+    # measure makes src again; calibrate runs only to hand it its calexp: the warps, which
+    # read the same calexp, get the same one and are left alone
+    assert to_run == [
+        "calibrate {'instrument': 'TestCam', 'visit': 2, 'detector': 1}",
+        "measure {'instrument': 'TestCam', 'visit': 2, 'detector': 1}",
+    ]
+    assert run_graph(repo, again, jobs=1).totals["done"] == 2
+
+
+def test_a_kept_intermediate_is_written_again_when_its_producer_reruns(tmp_path):
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=1)
+    assert run_graph(repo, build(repo, keep=True), jobs=1).ok
+    redo = build(repo, gain=3.0, clobber=True)  # in memory by default, but it exists: written
+    assert not any(q.transient for q in redo.quanta.values())
+    assert run_graph(repo, redo, jobs=1).ok
+    calexp = repo.get("calexp", instrument="TestCam", visit=1, detector=2, collections="out")
+    assert np.array_equal(calexp, np.full((8, 8), 300.0))
+    assert {q.status for q in build(repo, gain=3.0).quanta.values()} == {"skip"}
+
+
+def test_provenance_tells_a_removed_dataset_from_an_unwritten_one(tmp_path):
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=1)
+    run_graph(repo, _graph(repo, _pipeline("calibrate measure visitSummary")), jobs=1)
+    src = repo.find_dataset("src", instrument="TestCam", visit=1, detector=0, collections="out")
+    repo.remove_datasets([src])
+    summary = repo.find_dataset("visitSummary", instrument="TestCam", visit=1, collections="out")
+    prov = trace_provenance(repo, [summary])
+    assert not prov.datasets[src.id].found and not prov.datasets[src.id].in_memory
+    assert "no longer in the repository" in prov.to_text()
+    calexps = [n for n in prov.datasets.values() if n.in_memory]
+    assert sorted(n.data_id["detector"] for n in calexps) == [1, 2, 3]

@@ -102,7 +102,12 @@ def test_run_writes_exact_outputs_then_skips_then_clobbers(repo_url):
     assert record.output_ids == [ref.id] and record.input_ids == [raw.id, bias.id]
     assert record.start <= record.end and record.pid == os.getpid()
     assert {"drp", "numpy", "astropy"} <= set(record.software)
-    assert json.loads(record.config) == {"fail_visits": [], "gain": 2.0, "sleep": 0.0}
+    assert json.loads(record.config) == {
+        "fail_detectors": [],
+        "fail_visits": [],
+        "gain": 2.0,
+        "sleep": 0.0,
+    }
 
     # the same run again: everything is skipped and nothing is written
     rows_before = len(log_rows(repo)) if repo.storage.is_local else None

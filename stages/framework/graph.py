@@ -18,10 +18,11 @@ stage (in dependency order) gets one :class:`Quantum` per dataId over its quantu
    prerequisites (which must exist: a missing one is an error naming it), and predicts its
    outputs, whose ids and paths follow from (dataset type, output run, dataId) alone.
 4. Outputs of the pipeline's ``intermediates`` that a quantum of the graph reads are marked
-   transient: handed in memory, not written (unless ``keep_intermediates``).
+   transient: handed in memory, not written (unless ``keep_intermediates``, or they exist).
 5. A quantum whose written outputs all exist in the output run with the same config hash is
    marked ``skip``, unless ``clobber`` is asked for, a quantum it depends on has to run, or a
-   quantum that reads one of its in-memory outputs has to run. Outputs made with another config
+   quantum that reads one of its in-memory outputs has to run (then it is run again only to
+   make that input, which changes nothing for its other readers). Outputs made with another config
    are refused (:class:`~stages.framework.status.ConfigChangedError`) unless ``clobber``
    (steps 4 and 5: :mod:`stages.framework.status`).
 
@@ -52,7 +53,7 @@ from .overlaps import RegionOverlaps
 from .pipeline import Pipeline, StageDef
 from .quanta import QUANTUM_ID_NAMESPACE, Quantum, QuantumGraph, fast_uuid5
 from .skymap_setup import load_skymap
-from .status import mark_done, mark_transient
+from .status import mark_statuses
 from .where_filter import WhereFilter
 
 _MAX_LISTED = 5
@@ -542,8 +543,14 @@ def build_graph(
             f"nothing to do: {what} select(s) no data for pipeline {pipeline.source} "
             f"(stages {', '.join(pipeline.labels)}) in collections {builder.search}"
         )
-    mark_transient(builder.quanta, pipeline, keep_intermediates)
-    mark_done(repo, builder.quanta, pipeline, builder.output_run, clobber)
+    mark_statuses(
+        repo,
+        builder.quanta,
+        pipeline,
+        builder.output_run,
+        clobber=clobber,
+        keep_intermediates=keep_intermediates,
+    )
     return QuantumGraph(
         pipeline,
         builder.output_run,

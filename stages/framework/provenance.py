@@ -158,6 +158,7 @@ def trace_provenance(
     quanta: dict[str, QuantumRecord] = {}
     frontier = list(dict.fromkeys(ref.id for ref in refs))
     current = repo.registry.current_datasets(refresh=True)
+    made_by: dict[str, str] | None = None  # unwritten output id -> quantum id, when first needed
     depth = 0
     while frontier:
         rows = current.filter(pl.col("dataset_id").is_in(frontier)).to_dicts()
@@ -167,7 +168,9 @@ def trace_provenance(
             datasets[dataset_id] = _node(row) if row else DatasetNode(dataset_id, found=False)
         unwritten = [i for i in frontier if not datasets[i].found]
         if unwritten:
-            datasets.update(_in_memory_nodes(repo, unwritten))
+            if made_by is None:
+                made_by = _unwritten_outputs(repo)
+            datasets.update(_in_memory_nodes(repo, unwritten, made_by))
         wanted = {n.quantum_id for n in datasets.values() if n.quantum_id} - set(quanta)
         quanta.update(repo.registry.get_quanta(wanted))
         depth += 1
@@ -185,22 +188,27 @@ def trace_provenance(
     return ProvenanceGraph(list(dict.fromkeys(ref.id for ref in refs)), datasets, quanta)
 
 
-def _in_memory_nodes(repo: Repository, dataset_ids: list[str]) -> dict[str, DatasetNode]:
+def _unwritten_outputs(repo: Repository) -> dict[str, str]:
+    """Output id -> quantum id, of the outputs of recorded quanta that were never written (no
+    dataset row at all: a removed dataset keeps its removal row)."""
+    quanta = repo.registry.current_quanta().select("quantum_id", "output_ids")
+    outputs = quanta.explode("output_ids").drop_nulls("output_ids")
+    known = repo.registry.datasets.state.select("dataset_id")  # puts and removals
+    unwritten = outputs.join(known, left_on="output_ids", right_on="dataset_id", how="anti")
+    return dict(zip(unwritten["output_ids"], unwritten["quantum_id"], strict=True))
+
+
+def _in_memory_nodes(
+    repo: Repository, dataset_ids: list[str], made_by: dict[str, str]
+) -> dict[str, DatasetNode]:
     """Nodes of datasets no record holds but some quantum made (handed over in memory)."""
-    quanta = repo.registry.current_quanta()
-    producers = (
-        quanta.select("quantum_id", "output_ids")
-        .explode("output_ids")
-        .filter(pl.col("output_ids").is_in(dataset_ids))
-    )
-    if producers.is_empty():
+    producers = {i: made_by[i] for i in dataset_ids if i in made_by}
+    if not producers:
         return {}
-    records = repo.registry.get_quanta(producers["quantum_id"].to_list())
+    records = repo.registry.get_quanta(producers.values())
     dataset_types = repo.registry.dataset_types()
     nodes = {}
-    for dataset_id, quantum_id in zip(
-        producers["output_ids"], producers["quantum_id"], strict=True
-    ):
+    for dataset_id, quantum_id in producers.items():
         record = records[quantum_id]
         data_id = {k: v for k, v in record.data_id.items() if v is not None}
         name = ""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from repo.dimensions import DataId
@@ -74,6 +76,11 @@ class QuantumGraph:
     skymap: RingsSkyMap | None = None
     where: str = ""
 
+    @cached_property
+    def skymap_json(self) -> str | None:
+        """The sky map's config as JSON, for the workers (made once, shared by every spec)."""
+        return self.skymap.config.to_json() if self.skymap is not None else None
+
     def by_label(self) -> dict[str, list[Quantum]]:
         """Quanta of each stage, in pipeline order."""
         groups: dict[str, list[Quantum]] = {label: [] for label in self.pipeline.labels}
@@ -93,10 +100,15 @@ class QuantumGraph:
         """The quanta to run grouped into jobs, each run in one worker, in dependency order.
 
         A quantum and the quanta that read one of its in-memory (transient) outputs are in the
-        same job: the connected groups of quanta linked that way. A job is in dependency order;
-        jobs are ordered by their first quantum.
+        same job: the connected groups of quanta linked that way. Groups that depend on each
+        other both ways (a warp reading in-memory calexps and a visit summary made from the
+        same visit's sources) are merged, so that jobs form no cycle. Within a job quanta are
+        in dependency order; jobs are ordered by their first quantum.
         """
-        parent = {qid: qid for qid, q in self.quanta.items() if q.status == "run"}
+        order = {
+            qid: i for i, qid in enumerate(q for q in self.quanta if self.quanta[q].status == "run")
+        }
+        parent = {qid: qid for qid in order}
 
         def root(qid: str) -> str:
             while parent[qid] != qid:
@@ -111,16 +123,26 @@ class QuantumGraph:
             for name, ref in q.outputs.items()
             if name in q.transient
         }
-        for qid in parent:
+        for qid in order:
             for refs in self.quanta[qid].inputs.values():
                 for ref in refs:
                     producer = transient_producer.get(ref.id)
                     if producer is not None:
                         parent[root(qid)] = root(producer)
         groups: dict[str, list[str]] = {}
-        for qid in parent:  # dependency order
+        for qid in order:
             groups.setdefault(root(qid), []).append(qid)
-        return list(groups.values())
+        edges = {
+            g: {root(u) for q in members for u in self.quanta[q].upstream if u in order} - {g}
+            for g, members in groups.items()
+        }
+        for component in _cycles(edges):
+            head = min(component, key=lambda g: order[groups[g][0]])
+            for g in component:
+                if g != head:
+                    groups[head].extend(groups.pop(g))
+            groups[head].sort(key=order.__getitem__)
+        return sorted(groups.values(), key=lambda job: order[job[0]])
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per stage: number of quanta, to run and to skip."""
@@ -209,6 +231,52 @@ class QuantumGraph:
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON."""
         return json.dumps(self.to_dict(), indent=1)
+
+
+def _cycles(edges: Mapping[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node of a directed graph (Tarjan's
+    algorithm, iterative: jobs can number in the hundreds of thousands)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for start in edges:
+        if start in index:
+            continue
+        work = [(start, iter(edges[start]))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, successors = work[-1]
+            advanced = False
+            for nxt in successors:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(edges[nxt])))
+                    advanced = True
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(component)
+    return found
 
 
 def quantum_id_for(label: str, run: str, data_id: DataId) -> str:

@@ -16,10 +16,13 @@ and a reader later in the job gets it from those bytes, exactly as from the repo
 the job ends, every quantum that succeeded is committed in one repository transaction: its
 written outputs, whose dataset records carry the quantum id, input ids, config hash and software
 versions, and its quantum record (stage, dataId, config, software, inputs, outputs, host, pid,
-start, end, status) in the registry's quanta table. So a job that crashes or is killed writes
-nothing, and is run again whole; the ids are deterministic, so nothing is duplicated. A failing
-stage leaves no outputs and a ``failed`` record with the error; the quanta of the job that need
-its outputs are not run (the driver marks them ``blocked``), the others are.
+start, end, status) in the registry's quanta table. The quantum records go in just before the
+dataset records: a job killed between the two leaves records of quanta whose outputs are
+absent, so those quanta run again and their records are replaced (same ids); a job killed
+earlier leaves nothing but files without records, which the re-run overwrites. Nothing is ever
+duplicated. A failing stage leaves no outputs and a ``failed`` record with the error; the
+quanta of the job that need its outputs are not run (the driver marks them, and everything
+downstream of the failure, ``blocked``); the others are.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def make_spec(graph: QuantumGraph, quantum: Quantum) -> QuantumSpec:
         inputs={name: tuple(map(_with_path, refs)) for name, refs in quantum.inputs.items()},
         multiple=frozenset(n for n, c in cls.inputs.items() if c.multiple),
         outputs={name: _with_path(ref) for name, ref in quantum.outputs.items()},
-        skymap_config=graph.skymap.config.to_json() if graph.skymap is not None else None,
+        skymap_config=graph.skymap_json,
         transient=quantum.transient,
     )
 
@@ -150,8 +153,8 @@ def prepare_run(repo: Repository, graph: QuantumGraph) -> None:
 
 # -- per-process caches ---------------------------------------------------------------------------
 
-#: A worker reopens its repository after this many quanta: a Repository keeps the registry rows
-#: of its own commits in memory, which a worker never reads, so that stays small.
+#: A worker reopens its repository after this many jobs: a Repository keeps the registry rows of
+#: its own commits in memory, which a worker never reads, so that stays small.
 REOPEN_EVERY = 200
 
 _REPOSITORIES: dict[tuple[str, str], tuple[Repository, list[int]]] = {}
@@ -236,6 +239,16 @@ class _Handover:
             else:
                 self.objects[ref.id] = produced[name]
 
+    def release(self, spec: QuantumSpec) -> None:
+        """Forget the reads of a quantum that will not run (failed, or lacking an input)."""
+        for refs in spec.inputs.values():
+            for ref in refs:
+                if self.readers[ref.id] > 0:
+                    self.readers[ref.id] -= 1
+                    if not self.readers[ref.id]:
+                        self.objects.pop(ref.id, None)
+                        self.serialized.pop(ref.id, None)
+
     def has(self, ref: DatasetRef) -> bool:
         return ref.id in self.objects or ref.id in self.serialized
 
@@ -267,6 +280,7 @@ def run_job(repo: Repository, specs: list[QuantumSpec]) -> list[QuantumResult]:
         output_ids = [ref.id for ref in spec.outputs.values()]
         if lost.intersection(input_ids):
             lost.update(output_ids)
+            handover.release(spec)
             continue
         start = time.time()
         try:
@@ -286,6 +300,7 @@ def run_job(repo: Repository, specs: list[QuantumSpec]) -> list[QuantumResult]:
             )
             results.append(QuantumResult(spec.id, "failed", start, end, host, pid, error, details))
             lost.update(output_ids)
+            handover.release(spec)
             continue
         end = time.time()
         record = _record(spec, input_ids, output_ids, host, pid, start, end, "done", "")
@@ -293,20 +308,27 @@ def run_job(repo: Repository, specs: list[QuantumSpec]) -> list[QuantumResult]:
         results.append(QuantumResult(spec.id, "done", start, end, host, pid, output_ids=output_ids))
     try:
         _commit(repo, finished, failed_records)
-    except Exception as exc:  # the storage itself failed: nothing of the job is recorded
+    except Exception as exc:  # the storage itself failed: none of the job's outputs is recorded
         error = f"{type(exc).__name__}: {exc}"
         details = traceback.format_exc()
-        return [
+        failed = [
             QuantumResult(r.id, "failed", r.start, r.end, host, pid, r.error or error, details)
             for r in results
         ]
+        records = [
+            dataclasses.replace(i.record, output_ids=[], status="failed", error=details)
+            for i in finished
+        ]
+        _record_failures(repo, records + failed_records)
+        return failed
     return results
 
 
 def _commit(
     repo: Repository, finished: list[_Finished], failed_records: list[QuantumRecord]
 ) -> None:
-    """Write the outputs of the finished quanta and record them and all quanta, at once."""
+    """Write the outputs of the finished quanta, and record all the job's quanta and then the
+    outputs, as one transaction (see the module documentation)."""
     if finished:
         software = software_versions()
         with repo.transaction():
@@ -324,13 +346,17 @@ def _commit(
                         spec.outputs[name], data, mode="overwrite", provenance=provenance
                     )
             repo.registry.commit_quanta([i.record for i in finished] + failed_records)
-    elif failed_records:
-        try:
-            repo.registry.commit_quanta(failed_records)
-        except Exception as exc:  # the storage itself may be what failed
-            log.warning(
-                "the failure of %d quanta could not be recorded: %s", len(failed_records), exc
-            )
+    else:
+        _record_failures(repo, failed_records)
+
+
+def _record_failures(repo: Repository, records: list[QuantumRecord]) -> None:
+    if not records:
+        return
+    try:
+        repo.registry.commit_quanta(records)
+    except Exception as exc:  # the storage itself may be what failed
+        log.warning("the failure of %d quanta could not be recorded: %s", len(records), exc)
 
 
 def _load_inputs(repo: Repository, spec: QuantumSpec, handover: _Handover) -> dict[str, Any]:

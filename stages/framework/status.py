@@ -21,43 +21,45 @@ class ConfigChangedError(PipelineError):
 
 _ABSENT = object()
 
-
-def mark_transient(
-    quanta: Mapping[str, Quantum], pipeline: Pipeline, keep_intermediates: bool
-) -> None:
-    """Mark the outputs handed in memory: of an intermediate dataset type (unless kept), and
-    read by some quantum of this graph (one nobody here reads is written as usual)."""
-    if keep_intermediates or not pipeline.intermediates:
-        return
-    intermediates = set(pipeline.intermediates)
-    consumed = {r.id for q in quanta.values() for refs in q.inputs.values() for r in refs}
-    for quantum in quanta.values():
-        quantum.transient = frozenset(
-            name
-            for name, ref in quantum.outputs.items()
-            if ref.dataset_type.name in intermediates and ref.id in consumed
-        )
+#: Why a quantum runs, weakest first: it does not; only to make again an in-memory input that a
+#: quantum which runs needs (its outputs are the same as before: nothing downstream changes);
+#: its outputs are missing, its configuration changed, or an input changed.
+SKIP, REGENERATE, RUN = 0, 1, 2
 
 
-def mark_done(
+def mark_statuses(
     repo: Repository,
     quanta: Mapping[str, Quantum],
     pipeline: Pipeline,
     output_run: str,
-    clobber: bool,
+    *,
+    clobber: bool = False,
+    keep_intermediates: bool = False,
 ) -> None:
-    """Mark quanta whose outputs exist with the same config 'skip'; refuse changed configs.
+    """Set each quantum's ``transient`` outputs and its ``status`` (``run`` or ``skip``).
 
-    An output handed in memory (:meth:`mark_transient`) is not looked for; instead, until
-    nothing changes: a quantum downstream of one that runs runs too (its inputs change),
-    and the producer of an in-memory input of a quantum that runs runs too, unless that
-    input exists (kept by an earlier run).
+    Transient (handed in memory, not written): an output of one of the pipeline's intermediate
+    dataset types that some quantum of this graph reads, unless ``keep_intermediates`` or it
+    exists in the output run already (a kept one is written again, never left stale).
+
+    Skipped: a quantum whose written outputs all exist in the output run with the same config
+    hash, unless ``clobber``. Then, until nothing changes: a quantum downstream of one that
+    runs runs too (its inputs change); and the producer of an in-memory input of a quantum that
+    runs is run again to make it, without that counting as a change for its other readers
+    (same inputs and config give the same outputs).
+
+    Raises
+    ------
+    ConfigChangedError
+        Outputs exist in the output run with another config, and not ``clobber``.
     """
     current = repo.registry.current_datasets(refresh=True)
     mine = current.filter(pl.col("run") == output_run).select("dataset_id", "config_hash")
     existing = dict(mine.iter_rows())
+    _mark_transient(quanta, pipeline, existing, keep_intermediates)
     hashes = {s.label: s.config_hash for s in pipeline.stages}
     changed: dict[str, list[Quantum]] = {}
+    state: dict[str, int] = {}
     for quantum in quanta.values():
         found = [existing.get(r.id, _ABSENT) for r in quantum.outputs.values()]
         if any(h is not _ABSENT and h != hashes[quantum.label] for h in found):
@@ -67,17 +69,45 @@ def mark_done(
             for name, r in quantum.outputs.items()
             if name not in quantum.transient
         )
-        quantum.status = "skip" if complete and not clobber else "run"
+        state[quantum.id] = SKIP if complete and not clobber else RUN
     if changed and not clobber:
-        label, quanta = next(iter(changed.items()))
+        label, examples = next(iter(changed.items()))
         raise ConfigChangedError(
-            f"stage {label!r}: {len(quanta)} quanta (e.g. {quanta[0].short_id}) have "
+            f"stage {label!r}: {len(examples)} quanta (e.g. {examples[0].short_id}) have "
             f"outputs in run {output_run!r} made with another configuration (this one "
             f"is sha256 {hashes[label][:12]}...); use --clobber to redo them with the new "
             "configuration, or write to a new output run"
         )
+    _propagate(quanta, state)
+    for quantum in quanta.values():
+        quantum.status = "skip" if state[quantum.id] == SKIP else "run"
+
+
+def _mark_transient(
+    quanta: Mapping[str, Quantum],
+    pipeline: Pipeline,
+    existing: Mapping[str, str],
+    keep_intermediates: bool,
+) -> None:
+    if keep_intermediates or not pipeline.intermediates:
+        return
+    intermediates = set(pipeline.intermediates)
+    consumed = {r.id for q in quanta.values() for refs in q.inputs.values() for r in refs}
+    for quantum in quanta.values():
+        quantum.transient = frozenset(
+            name
+            for name, ref in quantum.outputs.items()
+            if ref.dataset_type.name in intermediates
+            and ref.id in consumed
+            and ref.id not in existing
+        )
+
+
+def _propagate(quanta: Mapping[str, Quantum], state: dict[str, int]) -> None:
+    """Run downstream of what runs, and regenerate the producers of missing in-memory inputs,
+    until nothing changes (both only raise a state, so this ends)."""
     producer_of = {
-        ref.id: quantum
+        ref.id: quantum.id
         for quantum in quanta.values()
         for name, ref in quantum.outputs.items()
         if name in quantum.transient
@@ -87,19 +117,13 @@ def mark_done(
     while changing:
         changing = False
         for quantum in ordered:
-            if quantum.status == "skip" and any(
-                quanta[u].status == "run" for u in quantum.upstream
-            ):
-                quantum.status, changing = "run", True
+            if state[quantum.id] < RUN and any(state[u] == RUN for u in quantum.upstream):
+                state[quantum.id], changing = RUN, True
         for quantum in reversed(ordered):
-            if quantum.status != "run":
+            if state[quantum.id] == SKIP:
                 continue
             for refs in quantum.inputs.values():
                 for ref in refs:
                     producer = producer_of.get(ref.id)
-                    if (
-                        producer is not None
-                        and producer.status == "skip"
-                        and existing.get(ref.id) != hashes[producer.label]
-                    ):
-                        producer.status, changing = "run", True
+                    if producer is not None and state[producer] == SKIP:
+                        state[producer], changing = REGENERATE, True
