@@ -115,8 +115,11 @@ def run(
 
     \b
     Examples:
-      drp run ./repo drp#singleFrame --input raw,calib --output u/me/sfp -j 4
-      drp run ./repo my.yaml --input raw --output u/me/run --where "tract = 0 AND band = 'r'"
+      drp run ./drp-demo drp#singleFrame --input SimCam/defaults --output u/me/sfp -j 2
+      drp run ./drp-demo drp#singleFrame --input SimCam/defaults --output u/me/one
+          --where "visit = 20251013001 AND detector = 1"
+      drp run ./drp-demo drp#singleFrame --input SimCam/defaults --output u/me/bg
+          --config characterize.background_mesh=128
       drp run s3://bucket/survey drp --input raw --output run1 --dask tcp://sched:8786
     """
     from stages.framework.executors import run_graph
@@ -150,7 +153,7 @@ def run(
     summary = run_graph(
         r, graph, jobs=jobs or os.cpu_count() or 1, dask=dask, progress=make_progress()
     )
-    click.echo(summary.describe())
+    click.echo(f"pipeline {pipe.source} into {output_run}: {summary.describe()}")
     if not summary.ok:
         sys.exit(1)
 
@@ -166,7 +169,7 @@ def pipeline_group() -> None:
 def pipeline_show(pipeline: str, overrides: Sequence[str]) -> None:
     """Show the stages of PIPELINE[#subset]: dimensions, inputs, outputs, config, subsets.
 
-    Example: drp pipeline show drp#singleFrame --config isr.do_flat=false
+    Example: drp pipeline show drp#singleFrame --config characterize.background_mesh=128
     """
     from stages.framework.pipeline import Pipeline
 
@@ -194,7 +197,8 @@ def provenance(
 ) -> None:
     """Show how datasets were made: quanta and their inputs, back to the raws.
 
-    Example: drp provenance ./repo coadd --collections u/me/run --where "tract = 0 AND patch = 5"
+    Example: drp provenance ./drp-demo src --collections SimCam/runs/demo
+    --where "visit = 20251013001 AND detector = 0"
     """
     from stages.framework.provenance import trace_provenance
 
@@ -482,7 +486,8 @@ def _only_instrument(repo: Any) -> str:
 @click.option(
     "--keep-intermediates",
     is_flag=True,
-    help="Also write the intermediate images postISRCCD and icExp (about 1.2 GB more).",
+    help="Also write the intermediate images (postISRCCD, icExp, flatUnnormalized: about "
+    "600 MB more).",
 )
 @storage_option
 def demo(

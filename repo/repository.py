@@ -339,7 +339,8 @@ class Repository:
                 return existing
             if existing is not None and mode == "error":
                 raise DatasetExistsError(
-                    f"{ref} already exists (id {ref.id}); use skip or overwrite"
+                    f"{ref} already exists (id {ref.id}); put with mode='skip' or 'overwrite' "
+                    "(drp ingest --skip-existing keeps what exists)"
                 )
             if existing is None:
                 log.warning("replacing unrecorded leftover file %s", self.storage.uri(ref.path))
@@ -409,7 +410,10 @@ class Repository:
         if existing is not None and mode == "skip":
             return existing
         if existing is not None and mode == "error":
-            raise DatasetExistsError(f"{ref} already exists (id {ref.id}); use skip or overwrite")
+            raise DatasetExistsError(
+                f"{ref} already exists (id {ref.id}); put with mode='skip' or 'overwrite' "
+                "(drp ingest --skip-existing keeps what exists)"
+            )
         if data is None:
             data = self._read_external(uri)
         self.registry.register_run(ref.run)

@@ -325,6 +325,12 @@ class Storage:
         except Exception as exc:
             if _is_s3_connection_error(exc) or isinstance(exc, OSError):
                 raise StorageError(f"{self.uri(relpath)}: cannot {action}: {exc}") from exc
+            if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+                raise StorageError(
+                    f"{self.uri(relpath)}: cannot {action}: no S3 credentials ({exc}); set "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a "
+                    "server other than AWS), or pass -o key=... -o secret=..."
+                ) from exc
             raise
 
 

@@ -18,6 +18,7 @@ from repo.repository import Repository
 from stages.calibrate.stages import calibration_sources
 from stages.characterize.stages import min_optical_psf_sigma
 from stages.demo import DEFAULTS, DEMO_RUN, process_survey, simulate_survey
+from stages.framework.executors import run_graph
 from stages.framework.graph import build_graph
 from stages.framework.pipeline import Pipeline
 from stages.isr.calibration_products import CalibrationProduct, combine_defects, normalize_flats
@@ -210,6 +211,34 @@ def test_written_images_are_compressed_and_pass_fitsverify(processed, name, tmp_
     path.write_bytes(data)
     result = subprocess.run(["fitsverify", str(path)], capture_output=True, text=True, timeout=60)
     assert "Verification found 0 warning(s) and 0 error(s)" in result.stdout, result.stdout
+
+
+def test_one_visit_and_detector_builds_the_calibrations_it_needs(processed):
+    """--where on a science visit and a detector: the masters come with it (the flat still
+    normalized over every detector) and its calexp is the one of the full run."""
+    repo, _ = processed
+    ref = repo.query_datasets("calexp", collections=DEMO_RUN)[-1]
+    visit, detector = ref.data_id["visit"], ref.data_id["detector"]
+    where = f"visit = {visit} AND detector = {detector}"
+    graph = build_graph(repo, Pipeline.load("drp#singleFrame"), output_run="u/one",
+                        inputs=[DEFAULTS], where=where)  # fmt: skip
+    n = CONFIG.n_detectors
+    assert {k: c["quanta"] for k, c in graph.counts().items()} == {
+        "bias": n, "dark": n, "flatCombine": n, "flatNormalization": 1, "flat": 1,
+        "isr": 1, "characterize": 1, "calibrate": 1,
+    }  # fmt: skip
+    assert run_graph(repo, graph, jobs=2).ok
+    data_id = ref.data_id.subset(("instrument", "visit", "detector"))
+    alone = repo.get("calexp", data_id, collections="u/one")
+    assert np.array_equal(alone.image, repo.get(ref).image)
+    assert repo.get("calexpSummary", data_id, collections="u/one") == repo.get(
+        "calexpSummary", data_id, collections=DEMO_RUN
+    )
+    # the same visit from the masters of the full run: only its chain; raws of the other
+    # bands of the detector are not "missing" for the flats of those bands
+    chain = build_graph(repo, Pipeline.load("drp#isr,characterize,calibrate"),
+                        output_run="u/chain", inputs=[DEMO_RUN, DEFAULTS], where=where)  # fmt: skip
+    assert [q.label for q in chain.quanta.values()] == ["isr", "characterize", "calibrate"]
 
 
 def test_flats_are_normalized_over_the_focal_plane(processed):

@@ -294,6 +294,14 @@ def test_yaml_pipeline_orders_stages_and_applies_config():
         ),
         ("stage:\n  a: stages_toys.Calibrate\n", "unknown key(s) ['stage']"),
         (
+            "stages:\n  a: {class: stages_toys.Calibrate, calibration: maybe}\n",
+            "'calibration' must be true or false",
+        ),
+        (
+            "stages:\n  a: stages_toys.Calibrate\nintermediates: calexp\n",
+            "'intermediates' must be a list of dataset types",
+        ),
+        (
             "stages:\n  a: stages_toys.Calibrate\nsubsets:\n  s: [a, b]\n",
             "subset 's' names unknown stage(s) ['b']",
         ),

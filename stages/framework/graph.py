@@ -14,6 +14,9 @@ stage (in dependency order) gets one :class:`Quantum` per dataId over its quantu
    dimensions, record fields such as ``visit.exposure_time``, and tracts and patches overlapped);
    a term about something that cannot be known there (``detector`` for a per-patch quantum) is
    left undecided, and only a row for which the expression is definitely false is dropped.
+   Calibration stages (master biases, darks, flats) are selected by their own expression only:
+   their quanta that a selected quantum of another stage needs are kept (a flat normalized over
+   the whole focal plane, whatever detectors were asked for), the others dropped.
 3. Each quantum collects its inputs (``multiple`` ones ordered by dataId), looks up its
    prerequisites (which must exist: a missing one is an error naming it), and predicts its
    outputs, whose ids and paths follow from (dataset type, output run, dataId) alone.
@@ -233,9 +236,8 @@ class _Builder:
     def build_stage(self, stage: StageDef) -> None:
         cls = stage.stage_class
         quantum_group = cls.quantum_group()
-        where = WhereFilter(
-            [self.where, stage.where], self.binds, self.repo, self._overlaps_and_name
-        )
+        texts = [stage.where] if stage.calibration else [self.where, stage.where]
+        where = WhereFilter(texts, self.binds, self.repo, self._overlaps_and_name)
         regular = {n: c for n, c in cls.inputs.items() if not c.prerequisite}
         prerequisites = {n: c for n, c in cls.inputs.items() if c.prerequisite}
         # Per input connection: its keys and an index from key values to candidates.
@@ -264,6 +266,24 @@ class _Builder:
         if missing:
             raise _missing_prerequisites(stage, prerequisites, missing, self.search)
 
+    def keep_needed_calibrations(self) -> None:
+        """Drop the quanta of calibration stages that no quantum of another stage needs
+        (directly or through other calibrations); a pipeline of calibrations only keeps all."""
+        calibration = {s.label for s in self.pipeline.stages if s.calibration}
+        wanted = [q for q in self.quanta.values() if q.label not in calibration]
+        if not calibration or not wanted:
+            return
+        needed: set[str] = set()
+        stack = [u for q in wanted for u in q.upstream]
+        while stack:
+            qid = stack.pop()
+            if qid not in needed:
+                needed.add(qid)
+                stack.extend(self.quanta[qid].upstream)
+        self.quanta = {
+            qid: q for qid, q in self.quanta.items() if q.label not in calibration or qid in needed
+        }
+
     def check_missing_inputs(
         self,
         stage: StageDef,
@@ -272,8 +292,13 @@ class _Builder:
         rows: set[tuple],
         row_keys: list[str],
     ) -> None:
-        """Name an input that must already exist but is missing for datasets of another input."""
+        """Name an input that must already exist but is missing for datasets of another input.
+
+        Missing means absent from the collections, not left out by the run's where-expression
+        (a run of one visit selects the raws of that visit, not those of every flat it finds).
+        """
         existing = [n for n, c in regular.items() if c.dataset_type not in self.producers]
+        unselected: WhereFilter | None = None
         for name, conn in regular.items():
             if conn.multiple:
                 continue
@@ -292,6 +317,18 @@ class _Builder:
                 lacking = [
                     v for v in uncovered if tuple(v[keys.index(k)] for k in shared) not in have
                 ]
+                if lacking and self.where:
+                    if unselected is None:
+                        unselected = WhereFilter(
+                            [stage.where], self.binds, self.repo, self._overlaps_and_name
+                        )
+                    quantum = stage.stage_class.quantum_group()
+                    candidates = self.candidates(regular[other], unselected)
+                    all_keys, all_index = self.index_input(regular[other], quantum, candidates)
+                    have = {tuple(v[all_keys.index(k)] for k in shared) for v in all_index}
+                    lacking = [
+                        v for v in lacking if tuple(v[keys.index(k)] for k in shared) not in have
+                    ]
                 if lacking:
                     shown = [k for k in shared if k in regular[other].group.required] or shared
                     examples = "; ".join(
@@ -537,10 +574,11 @@ def build_graph(
     builder.check_dataset_types()
     for stage in pipeline.stages:
         builder.build_stage(stage)
+    builder.keep_needed_calibrations()
     if not builder.quanta:
-        what = f"the where-expression {where!r}" if where else "the inputs"
+        what = f"the where-expression {where!r} selects" if where else "the inputs select"
         raise NothingSelectedError(
-            f"nothing to do: {what} select(s) no data for pipeline {pipeline.source} "
+            f"nothing to do: {what} no data for pipeline {pipeline.source} "
             f"(stages {', '.join(pipeline.labels)}) in collections {builder.search}"
         )
     mark_statuses(

@@ -9,6 +9,9 @@ A pipeline file looks like::
         config:                           # overrides of the stage's config dataclass
           do_flat: true
         where: "visit.observation_type = 'science'"   # optional: this stage's own constraint
+      flat:
+        class: stages.isr.stages.FlatStage
+        calibration: true                 # a master calibration: see StageDef
       calibrate:
         class: stages.calibrate.stages.CalibrateStage
     subsets:
@@ -47,17 +50,23 @@ from .base import Connection, PipelineError, Stage, import_stage
 from .config import ConfigError, apply_overrides, config_hash, config_json, config_to_dict
 
 _TOP_KEYS = {"description", "stages", "subsets", "intermediates"}
-_STAGE_KEYS = {"class", "config", "where"}
+_STAGE_KEYS = {"class", "config", "where", "calibration"}
 
 
 @dataclass
 class StageDef:
-    """A stage in a pipeline: its label, class, configuration and optional where-expression."""
+    """A stage in a pipeline: its label, class, configuration and optional where-expression.
+
+    A ``calibration`` stage builds master calibrations: a run's where-expression does not
+    select its quanta (only its own ``where`` does), and the run keeps those of its quanta that
+    the selected quanta of the other stages need (see :func:`stages.framework.graph.build_graph`).
+    """
 
     label: str
     stage_class: type[Stage]
     config: Any
     where: str = ""
+    calibration: bool = False
 
     @property
     def config_json(self) -> str:
@@ -196,6 +205,7 @@ class Pipeline:
                 if s.label in by_label
                 else s.config,
                 s.where,
+                s.calibration,
             )
             for s in self.stages
         ]
@@ -266,6 +276,8 @@ class Pipeline:
             lines.append(f"  quantum dimensions: {', '.join(cls.quantum_group().required)}")
             if s.where:
                 lines.append(f"  where: {s.where}")
+            if s.calibration:
+                lines.append("  calibration: built for what the selected quanta need")
             for kind, conns in (("inputs", cls.inputs), ("outputs", cls.outputs)):
                 lines.append(f"  {kind}:")
                 lines.extend(f"    {name}: {c.describe()}" for name, c in conns.items())
@@ -320,7 +332,7 @@ def _stage_def(source: str, label: str, entry: Any) -> StageDef:
     unknown = set(entry) - _STAGE_KEYS
     if unknown:
         raise PipelineError(
-            f"{where}: unknown key(s) {sorted(unknown)} (known: class, config, where)"
+            f"{where}: unknown key(s) {sorted(unknown)} (known: {', '.join(sorted(_STAGE_KEYS))})"
         )
     try:
         cls = import_stage(str(entry["class"]))
@@ -330,7 +342,10 @@ def _stage_def(source: str, label: str, entry: Any) -> StageDef:
     if not isinstance(overrides, Mapping):
         raise PipelineError(f"{where}: 'config' must be a mapping of keys to values")
     config = apply_overrides(cls.config_class(), overrides, where=label)
-    return StageDef(label, cls, config, str(entry.get("where") or ""))
+    calibration = entry.get("calibration", False)
+    if not isinstance(calibration, bool):
+        raise PipelineError(f"{where}: 'calibration' must be true or false")
+    return StageDef(label, cls, config, str(entry.get("where") or ""), calibration)
 
 
 def _connections(cls: type[Stage]) -> Iterable[Connection]:

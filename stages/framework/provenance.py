@@ -111,7 +111,8 @@ class ProvenanceGraph:
             return
         lines.append(f"{first}{node.label()}")
         if record is None:
-            lines.append(f"{rest}└── quantum {node.quantum_id} (its record is missing)")
+            made = f"made by {node.producer}" if node.producer else "its record is missing"
+            lines.append(f"{rest}└── {node.quantum_id} ({made}, not a pipeline quantum)")
             return
         lines.append(f"{rest}└── {_describe_quantum(record)}")
         inputs = self.inputs_of(dataset_id)

@@ -61,7 +61,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from repo.errors import DatasetNotFoundError, DatasetTypeError
-from repo.repository import Repository
+from repo.repository import Repository, ensure_progress
 from stages.characterize import psf_model  # noqa: F401  (registers the OPTATM PSF type for reading calexps)
 from stages.isr.calibration_products import CalibrationProduct
 from stages.isr.stages import camera_from_dataset
@@ -178,7 +178,7 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
     cameras: dict[str, Any] = {}
     flats: dict[tuple, np.ndarray | None] = {}
     rows, stars, cr, cores, noise, classified = [], [], [], [], [], []
-    for ref in calexp_refs:
+    for ref in ensure_progress(calexp_refs, total=len(calexp_refs), desc="scoring calexps"):
         data_id = {k: ref.data_id[k] for k in ("instrument", "visit", "detector")}
         instrument = data_id["instrument"]
         if instrument not in cameras:
