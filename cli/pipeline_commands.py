@@ -418,12 +418,16 @@ def skymap_find(
     type=click.Path(dir_okay=False, writable=True),
     help="Also draw the report (photometry, astrometry, zero points, PSF) into this PNG.",
 )
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=0), default=0, help="Processes (default: all cores)."
+)
 @storage_option
 def report(
     repo: str,
     collections: Sequence[str],
     as_json: bool,
     plot_path: str | None,
+    jobs: int,
     storage_options: Sequence[str],
 ) -> None:
     """Score the single-frame outputs in REPO against the simulator's truth.
@@ -443,7 +447,7 @@ def report(
     from stages.quality.report import collect_report, format_report
 
     r = open_repo(repo, storage_options)
-    data = collect_report(r, split_values(collections) or [DEMO_RUN, DEFAULTS])
+    data = collect_report(r, split_values(collections) or [DEMO_RUN, DEFAULTS], jobs=jobs)
     scores = data.report
     click.echo(json.dumps(scores, indent=1) if as_json else format_report(scores))
     if plot_path:
@@ -540,7 +544,7 @@ def demo(
     click.echo(f"pipeline {DEMO_PIPELINE} into {DEMO_RUN}: {run.describe()}")
     click.echo(f"processing took {time.perf_counter() - start:.1f} s")
     click.echo(_footprint(r))
-    click.echo(format_report(score_repository(r, [DEMO_RUN, DEFAULTS])))
+    click.echo(format_report(score_repository(r, [DEMO_RUN, DEFAULTS], jobs=jobs)))
     click.echo(
         f"as figures: drp report {r.storage.url} --plot report.png; every dataset: "
         f"drp query-datasets {r.storage.url}"

@@ -50,7 +50,11 @@ given collections and returns one JSON-compatible dict. A figure whose datasets 
 
 from __future__ import annotations
 
+import functools
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +65,10 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from repo.errors import DatasetNotFoundError, DatasetTypeError
+from repo.registry import DatasetRef
 from repo.repository import Repository, ensure_progress
 from stages.characterize import psf_model  # noqa: F401  (registers the OPTATM PSF type for reading calexps)
+from stages.framework.executors import prepare_worker_process
 from stages.isr.calibration_products import CalibrationProduct
 from stages.isr.stages import camera_from_dataset
 from stages.simulate.truth import masks_from_hdulist
@@ -131,13 +137,117 @@ class ReportData:
     psf_stars: Table
 
 
-def score_repository(repo: Repository, collections: list[str]) -> dict[str, Any]:
+def score_repository(repo: Repository, collections: list[str], *, jobs: int = 0) -> dict[str, Any]:
     """Score the single-frame outputs in ``collections`` against the truth there (the
     ``report`` of :func:`collect_report`)."""
-    return collect_report(repo, collections).report
+    return collect_report(repo, collections, jobs=jobs).report
 
 
-def collect_report(repo: Repository, collections: list[str]) -> ReportData:
+@dataclass
+class CalexpScore:
+    """What one calexp contributes to the report (see :class:`CalexpScorer`)."""
+
+    row: dict[str, Any]
+    matched: Table | None = None
+    classified: tuple | None = None
+    cr: tuple | None = None
+    cores: tuple | None = None
+
+
+class CalexpScorer:
+    """Scores calexps one at a time against the truth, keeping the cameras and flats it read."""
+
+    def __init__(self, repo: Repository, collections: list[str], zp_true: dict[int, float]):
+        self.repo, self.collections, self.zp_true = repo, collections, zp_true
+        self.cameras: dict[str, Any] = {}
+        self.flats: dict[tuple, np.ndarray | None] = {}
+
+    def __call__(self, ref: DatasetRef) -> CalexpScore | None:
+        repo, collections = self.repo, self.collections
+        data_id = {k: ref.data_id[k] for k in ("instrument", "visit", "detector")}
+        instrument = data_id["instrument"]
+        if instrument not in self.cameras:
+            camera = _find(repo, "camera", {"instrument": instrument}, collections)
+            self.cameras[instrument] = None if camera is None else camera_from_dataset(camera)
+        truth = _find(repo, "truth", data_id, collections)
+        if truth is None:
+            return None
+        calexp = repo.get(ref)
+        row: dict[str, Any] = {"visit": int(data_id["visit"]), "detector": int(data_id["detector"])}
+        row["band"] = str(ref.data_id.get("band", truth.meta.get("band", "")))
+        score = CalexpScore(row)
+        flat_key = tuple(ref.data_id[k] for k in ("instrument", "physical_filter", "detector"))
+        if flat_key not in self.flats:
+            flat = _find(repo, "flat", dict(zip(FLAT_DIMS, flat_key, strict=True)), collections)
+            self.flats[flat_key] = (
+                None if flat is None else CalibrationProduct.from_hdulist(flat).image
+            )
+        flat_image = self.flats[flat_key]
+        src = _find(repo, "src", data_id, collections)
+        if src is not None:
+            matched = _matched_stars(src, truth)
+            matched["visit"] = np.full(len(matched), row["visit"])
+            matched["detector"] = np.full(len(matched), row["detector"])
+            matched["band"] = np.full(len(matched), row["band"])
+            score.matched = matched
+            score.classified = _classification_counts(src, truth)
+        camera = self.cameras[instrument]
+        if calexp.photo_calib is not None and flat_image is not None and camera:
+            true_flat = camera.flat(int(data_id["detector"]), row["band"])
+            convention = 2.5 * math.log10(float(np.median(true_flat / flat_image)))
+            row["zero_point"] = calexp.photo_calib.zero_point
+            row["zp_convention_mag"] = convention
+            row["zp_err_mag"] = row["zero_point"] - self.zp_true[row["visit"]] - convention
+        masks = _find(repo, "truthMask", data_id, collections)
+        if masks is not None and flat_image is not None:
+            masks = masks_from_hdulist(masks)
+            score.cr = _cr_pixels(calexp, masks, flat_image)
+            score.cores = _star_core_pixels(calexp, masks, truth)
+        row["sky_noise_ratio"] = _sky_noise_ratio(calexp, truth)
+        return score
+
+
+_SCORER: list[CalexpScorer] = []
+
+
+def _start_scorer(parent_pid: int, url: str, options: dict, collections: list, zp_true: dict):
+    prepare_worker_process(parent_pid)
+    _SCORER[:] = [CalexpScorer(Repository(url, options), collections, zp_true)]
+
+
+def _score_in_worker(ref: DatasetRef) -> CalexpScore | None:
+    return _SCORER[0](ref)
+
+
+def _score_calexps(
+    repo: Repository,
+    refs: list[DatasetRef],
+    collections: list[str],
+    zp_true: dict[int, float],
+    jobs: int,
+) -> list[CalexpScore | None]:
+    """Every calexp's score, in order: on ``jobs`` processes (0: one per core), or here."""
+    jobs = jobs or os.cpu_count() or 1
+    progress = functools.partial(ensure_progress, total=len(refs), desc="scoring calexps")
+    if jobs == 1 or len(refs) < 4 or repo.storage.url.startswith("memory://"):
+        scorer = CalexpScorer(repo, collections, zp_true)
+        return [scorer(ref) for ref in progress(refs)]
+    with ProcessPoolExecutor(
+        min(jobs, len(refs)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_scorer,
+        initargs=(
+            os.getpid(),
+            repo.storage.url,
+            repo.storage.storage_options,
+            collections,
+            zp_true,
+        ),
+    ) as pool:
+        return list(progress(pool.map(_score_in_worker, refs)))
+
+
+def collect_report(repo: Repository, collections: list[str], *, jobs: int = 0) -> ReportData:
     """Score the single-frame outputs in ``collections`` against the truth there.
 
     Parameters
@@ -147,6 +257,8 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
     collections
         Collections searched in order (outputs and the simulator's truth, e.g.
         ``["SimCam/runs/demo", "SimCam/defaults"]``).
+    jobs
+        Processes that score the calexps (0: one per core; 1: in this process).
 
     Returns
     -------
@@ -175,46 +287,17 @@ def collect_report(repo: Repository, collections: list[str]) -> ReportData:
     zp_true = {
         int(v): float(z) for v, z in zip(conditions["visit"], conditions["zero_point"], strict=True)
     }
-    cameras: dict[str, Any] = {}
-    flats: dict[tuple, np.ndarray | None] = {}
     rows, stars, cr, cores, noise, classified = [], [], [], [], [], []
-    for ref in ensure_progress(calexp_refs, total=len(calexp_refs), desc="scoring calexps"):
-        data_id = {k: ref.data_id[k] for k in ("instrument", "visit", "detector")}
-        instrument = data_id["instrument"]
-        if instrument not in cameras:
-            camera = _find(repo, "camera", {"instrument": instrument}, collections)
-            cameras[instrument] = None if camera is None else camera_from_dataset(camera)
-        truth = _find(repo, "truth", data_id, collections)
-        if truth is None:
+    for score in _score_calexps(repo, calexp_refs, collections, zp_true, jobs):
+        if score is None:  # no truth for this calexp
             continue
-        calexp = repo.get(ref)
-        row: dict[str, Any] = {"visit": int(data_id["visit"]), "detector": int(data_id["detector"])}
-        row["band"] = str(ref.data_id.get("band", truth.meta.get("band", "")))
-        flat_key = tuple(ref.data_id[k] for k in ("instrument", "physical_filter", "detector"))
-        if flat_key not in flats:
-            flat = _find(repo, "flat", dict(zip(FLAT_DIMS, flat_key, strict=True)), collections)
-            flats[flat_key] = None if flat is None else CalibrationProduct.from_hdulist(flat).image
-        flat_image = flats[flat_key]
-        src = _find(repo, "src", data_id, collections)
-        if src is not None:
-            matched = _matched_stars(src, truth)
-            matched["visit"] = np.full(len(matched), row["visit"])
-            matched["detector"] = np.full(len(matched), row["detector"])
-            matched["band"] = np.full(len(matched), row["band"])
-            stars.append(matched)
-            classified.append(_classification_counts(src, truth))
-        if calexp.photo_calib is not None and flat_image is not None and cameras[instrument]:
-            true_flat = cameras[instrument].flat(int(data_id["detector"]), row["band"])
-            convention = 2.5 * math.log10(float(np.median(true_flat / flat_image)))
-            row["zero_point"] = calexp.photo_calib.zero_point
-            row["zp_convention_mag"] = convention
-            row["zp_err_mag"] = row["zero_point"] - zp_true[row["visit"]] - convention
-        masks = _find(repo, "truthMask", data_id, collections)
-        if masks is not None and flat_image is not None:
-            masks = masks_from_hdulist(masks)
-            cr.append(_cr_pixels(calexp, masks, flat_image))
-            cores.append(_star_core_pixels(calexp, masks, truth))
-        row["sky_noise_ratio"] = _sky_noise_ratio(calexp, truth)
+        row = score.row
+        if score.matched is not None:
+            stars.append(score.matched)
+            classified.append(score.classified)
+        if score.cr is not None:
+            cr.append(score.cr)
+            cores.append(score.cores)
         noise.append(row["sky_noise_ratio"])
         rows.append(row)
     report["calexps"] = rows
