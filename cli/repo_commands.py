@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from repo.repository import Repository, transfer
+from repo.repository import SQL_MEMORY_LIMIT, SQL_TIMEOUT, Repository, transfer
 from repo.storage import parse_storage_options
 
 from .options import (
@@ -425,20 +425,45 @@ def transfer_cmd(
 @click.argument("repo")
 @click.argument("query")
 @collections_option
+@click.option(
+    "--memory-limit",
+    default=SQL_MEMORY_LIMIT,
+    show_default=True,
+    help="DuckDB memory limit of the query, e.g. 512MB or 8GB.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=SQL_TIMEOUT,
+    show_default=True,
+    help="Seconds before the query is stopped.",
+)
 @format_option
 @storage_option
 def sql(
-    repo: str, query: str, collections: Sequence[str], fmt: str, storage_options: Sequence[str]
+    repo: str,
+    query: str,
+    collections: Sequence[str],
+    memory_limit: str,
+    timeout: float,
+    fmt: str,
+    storage_options: Sequence[str],
 ) -> None:
     """Run a read-only SELECT with DuckDB over the registry and the catalogs.
 
     Tables: datasets, one per dimension (visit, detector, tract, ...), one per Catalog dataset
-    type (e.g. src) with its hive partition columns.
+    type (e.g. src) with its hive partition columns. The query reads those and nothing else (no
+    other file, no extension), within its memory and time limits.
 
-    Example: drp sql ./myrepo "SELECT band, count(*) FROM src GROUP BY band"
+    Example: drp sql ./drp-demo "SELECT band, count(*) FROM src GROUP BY band"
     """
     r = open_repo(repo, storage_options)
-    table = r.sql(query, collections=split_values(collections) or None)
+    table = r.sql(
+        query,
+        collections=split_values(collections) or None,
+        memory_limit=memory_limit,
+        timeout=timeout,
+    )
     click.echo(format_rows(table.to_pylist(), fmt, table.column_names))
 
 

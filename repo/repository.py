@@ -21,7 +21,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +72,9 @@ log = logging.getLogger(__name__)
 REPO_CONFIG = "drp-repo.json"
 REPO_FORMAT_VERSION = 1
 PUT_MODES = ("error", "skip", "overwrite")
+#: Default limits of a :meth:`Repository.sql` query: DuckDB memory, and seconds.
+SQL_MEMORY_LIMIT = "4GB"
+SQL_TIMEOUT = 300.0
 
 _SOFTWARE_PACKAGES = (
     "drp",
@@ -725,15 +731,30 @@ class Repository:
 
     # -- SQL -------------------------------------------------------------------------------------
 
-    def sql(self, query: str, *, collections: str | Sequence[str] | None = None) -> pa.Table:
+    def sql(
+        self,
+        query: str,
+        *,
+        collections: str | Sequence[str] | None = None,
+        memory_limit: str = SQL_MEMORY_LIMIT,
+        timeout: float = SQL_TIMEOUT,
+    ) -> pa.Table:
         """Run one read-only SELECT with DuckDB and return an Arrow table.
 
         Views: ``datasets`` (the registry), one per dimension element (``visit``, ``detector``,
         ``tract`` ...), and one per Catalog dataset type over its Parquet files in the given
         collections (all runs by default), with the hive partition columns (``band``, ``visit``,
         ``detector`` ...).
+
+        The query reads those and nothing else: once the views are made, DuckDB may open only
+        the catalogs' own files (``allowed_paths``), every other file system operation
+        (``read_csv('/etc/passwd')``, ``glob``, ``COPY``, ``ATTACH``, installing extensions) is
+        refused, and the configuration is locked so that the query cannot lift that. It runs
+        under ``memory_limit`` (a DuckDB size such as ``'2GB'``), is interrupted after
+        ``timeout`` seconds, and spills to a scratch directory of its own, removed afterwards.
         """
         con = self.registry.connection(fresh=True)
+        scratch = tempfile.mkdtemp(prefix="drp-sql-")
         try:
             try:
                 statements = con.extract_statements(query)
@@ -741,22 +762,48 @@ class Repository:
                 raise DrpError(f"SQL error: {exc}") from None
             if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
                 raise DrpError("drp sql runs exactly one read-only SELECT statement")
-            self._add_catalog_views(con, collections)
+            uris = self._add_catalog_views(con, collections)
+            try:
+                con.execute("SET memory_limit = ?", [memory_limit])
+            except duckdb.Error as exc:
+                raise DrpError(f"memory limit {memory_limit!r}: {exc}") from None
+            con.execute("SET temp_directory = ?", [scratch])
+            con.execute("SET allowed_paths = ?", [uris])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            timer = threading.Timer(timeout, con.interrupt)
+            timer.start()
             try:
                 return con.sql(query).to_arrow_table()
+            except duckdb.InterruptException:
+                raise DrpError(f"SQL query stopped after its time limit of {timeout:g} s") from None
+            except duckdb.OutOfMemoryException as exc:
+                first = str(exc).splitlines()[0]
+                raise DrpError(
+                    f"SQL query needs more than its memory limit of {memory_limit} ({first})"
+                ) from None
+            except duckdb.PermissionException as exc:
+                raise DrpError(
+                    f"SQL error: {exc} (queries read the repository's catalogs and registry "
+                    "views only)"
+                ) from None
             except duckdb.Error as exc:
                 raise DrpError(f"SQL error: {exc}") from None
+            finally:
+                timer.cancel()
         finally:
             con.close()
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _add_catalog_views(
         self, con: duckdb.DuckDBPyConnection, collections: str | Sequence[str] | None
-    ) -> None:
+    ) -> list[str]:
+        """A view per Catalog dataset type; returns the files they read."""
         catalog_types = [
             t.name for t in self.registry.dataset_types() if t.storage_class == "Catalog"
         ]
         if not catalog_types:
-            return
+            return []
         if not self.storage.is_local:
             con.register_filesystem(self.storage.fs)
         refs = self.query_datasets(catalog_types, collections=collections)
@@ -766,6 +813,7 @@ class Repository:
         for name, uris in by_type.items():
             relation = con.read_parquet(uris, hive_partitioning=True, union_by_name=True)
             relation.create_view(name)
+        return [uri for uris in by_type.values() for uri in uris]
 
     def _duckdb_uri(self, path: str) -> str:
         if "://" in path or self.storage.is_local:

@@ -338,6 +338,53 @@ def test_sql_views_and_read_only(repo):
         repo.sql("SELECT nope FROM src")
 
 
+def test_sql_reads_the_repository_and_nothing_else(repo, tmp_path):
+    """Every way out of the catalogs and registry views is refused with a clear error, on
+    local and S3 repositories; the legitimate queries still work."""
+    _fill(repo, visits=[1, 2], detectors=[0, 1])
+    secret = tmp_path / "secret.csv"
+    secret.write_text("key,value\naws,SECRET\n")
+    escapes = [
+        f"SELECT * FROM read_csv('{secret}')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/proc/self/environ')",
+        "SELECT * FROM glob('/work/**')",
+        f"SELECT * FROM glob('{tmp_path}/*')",
+        "SELECT * FROM read_parquet('s3://*/**/*.parquet')",
+        "SELECT current_setting('enable_external_access')",  # may be read, not changed
+    ]
+    for query in escapes[:-1]:
+        with pytest.raises(DrpError, match="file system operations are disabled"):
+            repo.sql(query)
+    assert repo.sql(escapes[-1]).to_pylist() == [
+        {"current_setting('enable_external_access')": False}
+    ]
+    # the same through the command line
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    result = CliRunner().invoke(cli, ["sql", repo.storage.url, escapes[0]])
+    assert result.exit_code == 1 and "SECRET" not in result.output
+    assert "catalogs and registry views only" in result.output
+    # legitimate queries: catalogs (with hive columns), registry, dimension views, joins
+    assert repo.sql("SELECT count(*) AS n FROM src").column("n").to_pylist() == [40]
+    joined = repo.sql(
+        "SELECT d.dataset_type, count(*) AS n FROM datasets d JOIN visit v ON d.visit = v.id "
+        "GROUP BY 1"
+    )
+    assert joined.to_pylist() == [{"dataset_type": "src", "n": 4}]
+
+
+def test_sql_limits_time_and_memory(repo):
+    with pytest.raises(DrpError, match="stopped after its time limit of 0.5 s"):
+        repo.sql("SELECT count(*) FROM range(10000000000) a, range(1000) b", timeout=0.5)
+    with pytest.raises(DrpError, match="memory limit 'lots'"):
+        repo.sql("SELECT 1", memory_limit="lots")
+    with pytest.raises(DrpError, match="needs more than its memory limit of 20MB"):
+        repo.sql("SELECT list(range) FROM range(100000000)", memory_limit="20MB")
+
+
 def test_lake_is_readable_without_drp(tmp_path):
     """DuckDB, polars and pyarrow read the catalogs straight from the hive-partitioned lake."""
     repo = Repository.create(str(tmp_path / "lake"))
