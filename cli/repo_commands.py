@@ -324,18 +324,40 @@ def remove(
 @click.argument("repo")
 @click.option("--no-checksums", is_flag=True, help="Check sizes only (faster on S3).")
 @click.option(
+    "--forget-missing",
+    is_flag=True,
+    help="Drop the records of datasets whose file is missing (a run then makes them again).",
+)
+@click.option(
+    "--register-orphans",
+    is_flag=True,
+    help="Record again the files without a record whose path gives their dataset type, run "
+    "and dataId (after a registry file was lost or moved aside).",
+)
+@click.option(
     "--delete-orphans",
     is_flag=True,
     help="Delete files that have no record, and temporary files older than an hour.",
 )
 @storage_option
 def verify(
-    repo: str, no_checksums: bool, delete_orphans: bool, storage_options: Sequence[str]
+    repo: str,
+    no_checksums: bool,
+    forget_missing: bool,
+    register_orphans: bool,
+    delete_orphans: bool,
+    storage_options: Sequence[str],
 ) -> None:
     """Check every record has its file with the right size and checksum; list orphans.
 
     Temporary files (.tmp-*: writes in progress, or left by a killed process) are counted but
-    are not a fault. Exits with status 1 if anything is wrong. Example: drp verify ./myrepo
+    are not a fault. Exits with status 1 if anything is wrong (after the repairs asked for).
+
+    \b
+    Examples:
+      drp verify ./drp-demo
+      drp verify ./drp-demo --forget-missing      # then drp run remakes what was lost
+      drp verify ./drp-demo --register-orphans    # files whose record is gone
     """
     r = open_repo(repo, storage_options)
     report = r.verify(checksums=not no_checksums)
@@ -347,6 +369,14 @@ def verify(
     ):
         for item in items:
             click.echo(f"{label}: {item}")
+    if forget_missing and report.missing_refs:
+        forgotten = r.remove_datasets(report.missing_refs, delete_files=False)
+        click.echo(f"forgot {forgotten} dataset(s) whose file is missing")
+        report.missing, report.missing_refs = [], []
+    if register_orphans and report.orphans:
+        recorded, left = r.register_orphans(report)
+        click.echo(f"recorded again {len(recorded)} orphan file(s); {len(left)} left as orphans")
+        report.orphans = left
     if delete_orphans and (report.orphans or report.temporary):
         click.echo(f"deleted {r.delete_orphans(report)} orphan or old temporary file(s)")
         report.orphans = []

@@ -124,6 +124,8 @@ class VerifyReport:
     bad_checksum: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     temporary: list[str] = field(default_factory=list)
+    #: The recorded datasets whose file is missing (what ``missing`` lists).
+    missing_refs: list[DatasetRef] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -822,8 +824,12 @@ class Repository:
 
     # -- maintenance -----------------------------------------------------------------------------
 
-    def remove_datasets(self, refs: Sequence[DatasetRef]) -> int:
-        """Forget datasets and delete their files (files left in place by ingest are kept)."""
+    def remove_datasets(self, refs: Sequence[DatasetRef], *, delete_files: bool = True) -> int:
+        """Forget datasets and delete their files (files left in place by ingest are kept).
+
+        With ``delete_files=False`` only the records go (``drp verify --forget-missing``: the
+        records of files that are lost, so that a run makes those datasets again).
+        """
         if not refs:
             return 0
         now = time.time_ns()
@@ -834,9 +840,81 @@ class Repository:
             rows.append(row)
         self.registry.commit_datasets(rows)  # records first: never a record without its file
         for ref in refs:
-            if ref.path and "://" not in ref.path:
+            if delete_files and ref.path and "://" not in ref.path:
                 self.storage.delete(ref.path)
         return len(refs)
+
+    def register_orphans(self, report: VerifyReport) -> tuple[list[DatasetRef], list[str]]:
+        """Record again the orphans of a verify report whose path is one drp writes.
+
+        A dataset's path follows from its dataset type, run and dataId (:meth:`path_for`), so
+        a file left without its record (a registry file moved aside, say) can be recorded again
+        when its path reads back as exactly that, its dataset type is registered and its content
+        decodes. Its provenance comes back from the quantum record that lists it as an output
+        (producer, quantum, inputs, config hash, software); without one it is ``recovered``.
+        Returns the refs recorded and the orphans that could not be (left in place).
+        """
+        prefix = self.storage.uri("x")[:-1]
+        recorded, left = [], []
+        made_by = {}
+        quanta = self.registry.current_quanta().filter(pl.col("status") == "done")
+        for row in quanta.select("quantum_id", "output_ids").iter_rows():
+            for output_id in row[1] or ():
+                made_by[output_id] = row[0]
+        with self.transaction():
+            for uri in report.orphans:
+                relpath = uri[len(prefix) :]
+                ref = self._ref_from_path(relpath)
+                if ref is None:
+                    left.append(uri)
+                    continue
+                data = self.storage.get_bytes(relpath)
+                try:
+                    get_storage_class(ref.dataset_type.storage_class).read(data, uri)
+                except DrpError:
+                    left.append(uri)
+                    continue
+                self.registry.register_run(ref.run)
+                provenance = Provenance(producer="recovered")
+                if ref.id in made_by:
+                    record = self.registry.get_quanta([made_by[ref.id]])[made_by[ref.id]]
+                    provenance = Provenance(
+                        producer=record.stage,
+                        quantum_id=record.quantum_id,
+                        input_ids=list(record.input_ids),
+                        config_hash=record.config_hash,
+                        software=record.software,
+                    )
+                self._pending.append(self._row(ref, len(data), checksum_of(data), provenance))
+                recorded.append(ref)
+        return recorded, left
+
+    def _ref_from_path(self, relpath: str) -> DatasetRef | None:
+        """The ref whose path is ``relpath``, if some registered dataset type, run and dataId
+        give exactly that path; else None."""
+        segments = relpath.split("/")
+        types = {t.name: t for t in self.registry.dataset_types()}
+        for i in range(1, len(segments) - 1):
+            dataset_type = types.get(segments[i])
+            pairs = [part.partition("=") for part in segments[i + 1 : -1]]
+            if dataset_type is None or not all(sep for _, sep, _ in pairs):
+                continue
+            values: dict[str, Any] = {}
+            for key, _, text in pairs:
+                dim = UNIVERSE.get(key)
+                if dim is None:
+                    break
+                values[key] = (
+                    int(text) if dim.dtype == "int" and text.lstrip("-").isdigit() else text
+                )
+            else:
+                try:
+                    ref = self.make_ref(dataset_type, values, "/".join(segments[:i]))
+                except DrpError:
+                    continue
+                if ref.path == relpath:
+                    return ref
+        return None
 
     def remove_run(self, run: str) -> int:
         """Remove a RUN collection and all its datasets; it must not be in a chain."""
@@ -871,6 +949,7 @@ class Repository:
                     data, size = None, self.storage.size(ref.path)
             except StorageError:
                 report.missing.append(self._uri(ref.path))
+                report.missing_refs.append(ref)
                 continue
             if size != ref.size:
                 report.bad_size.append(self._uri(ref.path))

@@ -423,3 +423,66 @@ def test_worker_repository_is_cached_and_reopened_periodically(tmp_path):
     for _ in range(runner.REOPEN_EVERY - 2):
         assert runner.worker_repository(url) is first
     assert runner.worker_repository(url) is not first  # a fresh one: its memory stays small
+
+
+def test_verify_repairs_lost_files_and_lost_records(tmp_path):
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=2)
+    path = tmp_path / "toy.yaml"
+    path.write_text(toy_pipeline_yaml())
+    pipeline = Pipeline.load(f"{path}#singleFrame")
+
+    def graph():
+        return build_graph(repo, pipeline, output_run="out", inputs=["raw", "calib"])
+
+    assert run_graph(repo, graph(), jobs=1).ok
+    runner = CliRunner()
+    url = repo.storage.url
+    # a lost file: verify says so, a run alone would call it done; forgetting it makes it redone
+    lost = repo.find_dataset("calexp", instrument="TestCam", visit=2, detector=3, collections="out")
+    os.remove(os.path.join(url, lost.path))
+    result = runner.invoke(cli, ["verify", url])
+    assert (
+        result.exit_code == 1 and f"missing file: {os.path.join(url, lost.path)}" in result.output
+    )
+    assert {q.status for q in graph().quanta.values()} == {"skip"}
+    result = runner.invoke(cli, ["verify", url, "--forget-missing"])
+    assert result.exit_code == 0, result.output
+    assert "forgot 1 dataset(s) whose file is missing" in result.output
+    again = graph()
+    assert sorted(str(q) for q in again.quanta.values() if q.status == "run") == [
+        "calibrate {'instrument': 'TestCam', 'visit': 2, 'detector': 3}",
+        "measure {'instrument': 'TestCam', 'visit': 2, 'detector': 3}",
+    ]
+    assert run_graph(repo, again, jobs=1).totals["done"] == 2
+    image = repo.get("calexp", instrument="TestCam", visit=2, detector=3, collections="out")
+    assert np.array_equal(image, np.full((8, 8), 400.0))
+    # a registry file moved aside: its datasets are orphans, recorded again from their paths
+    # with the provenance their quantum records still hold
+    folder = os.path.join(url, "registry", "datasets")
+    moved = []
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".parquet")):
+        table = pq.read_table(os.path.join(folder, name))
+        if set(table.column("visit").to_pylist()) == {1} and set(
+            table.column("op").to_pylist()
+        ) == {"put"}:
+            if set(table.column("dataset_type").to_pylist()) <= {"calexp", "src"}:
+                moved += table.column("dataset_id").to_pylist()
+                os.rename(os.path.join(folder, name), os.path.join(tmp_path, name))
+    fresh = Repository(url)
+    report = fresh.verify()
+    assert len(report.orphans) == len(moved) == 8 and not report.ok  # 4 calexps, 4 src
+    result = runner.invoke(cli, ["verify", url, "--register-orphans"])
+    assert result.exit_code == 0, result.output
+    assert "recorded again 8 orphan file(s); 0 left as orphans" in result.output
+    current = Repository(url).registry.current_datasets()
+    rows = current.filter(pl.col("dataset_id").is_in(moved)).to_dicts()
+    assert len(rows) == 8 and {r["producer"] for r in rows} == {"calibrate", "measure"}
+    assert all(r["config_hash"] == pipeline.stage(r["producer"]).config_hash for r in rows)
+    assert {q.status for q in graph().quanta.values()} == {"skip"}
+    # a stray file whose path is not one drp writes stays an orphan
+    stray = os.path.join(url, "out", "calexp", "stray.fits")
+    with open(stray, "wb") as f:
+        f.write(b"not a dataset")
+    result = runner.invoke(cli, ["verify", url, "--register-orphans"])
+    assert result.exit_code == 1 and "0 left" not in result.output
+    assert "recorded again 0 orphan file(s); 1 left as orphans" in result.output
