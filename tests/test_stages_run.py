@@ -461,13 +461,15 @@ def test_verify_repairs_lost_files_and_lost_records(tmp_path):
     folder = os.path.join(url, "registry", "datasets")
     moved = []
     for name in sorted(n for n in os.listdir(folder) if n.endswith(".parquet")):
-        table = pq.read_table(os.path.join(folder, name))
-        if set(table.column("visit").to_pylist()) == {1} and set(
-            table.column("op").to_pylist()
-        ) == {"put"}:
-            if set(table.column("dataset_type").to_pylist()) <= {"calexp", "src"}:
-                moved += table.column("dataset_id").to_pylist()
-                os.rename(os.path.join(folder, name), os.path.join(tmp_path, name))
+        table = pq.read_table(os.path.join(folder, name)).to_pydict()
+        first_run_outputs = (
+            set(table["visit"]) == {1}
+            and set(table["op"]) == {"put"}
+            and set(table["dataset_type"]) <= {"calexp", "src"}
+        )
+        if first_run_outputs:
+            moved += table["dataset_id"]
+            os.rename(os.path.join(folder, name), os.path.join(tmp_path, name))
     fresh = Repository(url)
     report = fresh.verify()
     assert len(report.orphans) == len(moved) == 8 and not report.ok  # 4 calexps, 4 src
