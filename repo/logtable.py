@@ -11,6 +11,13 @@ no lock: a row lives in at least one file at every moment (the merged file is wr
 source is deleted), so concurrent compactions, writers and readers never lose a row; a reader that
 finds a listed file gone simply lists again. Reading the same row twice is harmless because the
 state keeps one row per key.
+
+Pipeline workers compact as they go (:meth:`LogTable.merge_small_files`, after their jobs):
+files are merged by size when a size class holds too many (:data:`MERGE_TIERS`), so that a
+fresh reader opens a few dozen files however many jobs ran, and no worker rewrites the biggest
+files (``drp compact`` merges everything). A merge costs a millisecond or two per commit file
+(reading a small Parquet file costs ~1 ms), nothing beside a job of a second, too much for
+every put of a tight loop, which is why plain writers leave it to them or to ``drp compact``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from .errors import CorruptDatasetError, StorageError
 from .storage import TEMP_PREFIX, Storage
 
 _READ_ATTEMPTS = 5
+#: Writers merge files by size: when more than ``most`` files are smaller than ``below`` bytes,
+#: those are merged into one (a commit file is a few kB; 10^4 of them make ~1 MB merged).
+MERGE_TIERS = ((64 << 10, 24), (1 << 20, 8), (16 << 20, 8))
 
 
 def new_log_name() -> str:
@@ -59,6 +69,8 @@ class LogTable:
         self._state = pl.from_arrow(schema.empty_table())
         self._unmerged: list[pl.DataFrame] = []  # rows committed here, merged on next access
         self.version = 0  # bumped whenever the state changes
+        self._files_known = 0  # files at the last listing, plus this process's commits since
+        self._next_check = MERGE_TIERS[0][1]  # look for files to merge past this many
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -83,6 +95,7 @@ class LogTable:
                 for n in self.storage.list_names(self.reldir)
                 if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX)
             )
+            self._files_known = len(names)
             new = [n for n in names if n not in self._seen]
             if not new:
                 return self.state
@@ -151,10 +164,37 @@ class LogTable:
         self.version += 1
 
     def note_committed(self, name: str) -> None:
-        """Mark a file this process wrote as already merged (see :meth:`add_local`)."""
+        """Mark a file this process wrote as already merged (see :meth:`add_local`); merge the
+        small files when this process knows of many (:meth:`merge_small_files`)."""
         self._seen.add(name)
+        self._files_known += 1
+
+    @property
+    def wants_merge(self) -> bool:
+        """Whether this process knows of enough files for :meth:`merge_small_files` to look."""
+        return self._files_known > self._next_check
 
     # -- compaction ------------------------------------------------------------------------------
+
+    def merge_small_files(self) -> tuple[int, int]:
+        """Merge files of similar size when a size class holds too many (:data:`MERGE_TIERS`);
+        returns (files merged, rows kept). The biggest files are left to :meth:`compact`."""
+        sizes = {
+            relpath.rpartition("/")[2]: size
+            for relpath, size in self.storage.walk_files(self.reldir)
+            if relpath.endswith(".parquet") and "/" + TEMP_PREFIX not in "/" + relpath
+        }
+        merged = (0, 0)
+        for below, most in MERGE_TIERS:
+            tier = sorted(n for n, size in sizes.items() if size < below)
+            if len(tier) > most:
+                merged = self._merge_files(tier)
+                for name in tier:
+                    sizes.pop(name, None)
+                break  # one merge per look: a writer's commit stays cheap
+        self._files_known = len(sizes) + (1 if merged[0] else 0)
+        self._next_check = self._files_known + MERGE_TIERS[0][1]
+        return merged
 
     def compact(self, *, min_files: int = 2) -> tuple[int, int]:
         """Merge all current files into one; returns (files merged, rows kept)."""
@@ -165,6 +205,10 @@ class LogTable:
         )
         if len(names) < min_files:
             return 0, len(self._state)
+        return self._merge_files(names)
+
+    def _merge_files(self, names: list[str]) -> tuple[int, int]:
+        """Merge these files into one new file, then delete them; (files merged, rows)."""
         tables, merged = [], []
         for name in names:
             try:

@@ -488,3 +488,26 @@ def test_verify_repairs_lost_files_and_lost_records(tmp_path):
     result = runner.invoke(cli, ["verify", url, "--register-orphans"])
     assert result.exit_code == 1 and "0 left" not in result.output
     assert "recorded again 0 orphan file(s); 1 left as orphans" in result.output
+
+
+def test_workers_keep_the_registry_small_as_jobs_commit(tmp_path):
+    """160 jobs, two workers merging files as they go (concurrently at times): a fresh reader
+    opens a few dozen registry files, not 160 of each table, and no row is lost."""
+    from repo.logtable import MERGE_TIERS
+
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=20)
+    pipeline = Pipeline.from_yaml(toy_pipeline_yaml()).subset("singleFrame")
+    graph = build_graph(repo, pipeline, output_run="out", inputs=["raw", "calib"])
+    assert len(graph.jobs()) == 160
+    assert run_graph(repo, graph, jobs=2).ok
+    limit = sum(most for _, most in MERGE_TIERS) + 4
+    for table in ("datasets", "quanta"):
+        folder = os.path.join(repo.storage.root, "registry", table)
+        files = [n for n in os.listdir(folder) if n.endswith(".parquet")]
+        assert len(files) <= limit, (table, len(files))
+    fresh = Repository(repo.storage.url)
+    assert len(fresh.query_datasets(["calexp", "src"], collections="out")) == 160
+    assert len(fresh.registry.current_quanta()) == 160
+    assert fresh.verify().ok
+    assert {q.status for q in build_graph(fresh, pipeline, output_run="out",
+            inputs=["raw", "calib"]).quanta.values()} == {"skip"}  # fmt: skip
