@@ -255,7 +255,9 @@ class _Handover:
     def get(self, ref: DatasetRef) -> Any:
         self.readers[ref.id] -= 1
         if ref.id in self.serialized:
-            made, data = self.serialized[ref.id]
+            made, data = (
+                self.serialized[ref.id] if self.readers[ref.id] else self.serialized.pop(ref.id)
+            )
             source = f"{made.dataset_type.name} {dict(made.data_id)} made in this job"
             return get_storage_class(made.dataset_type.storage_class).read(data, source)
         if self.readers[ref.id] > 0:
