@@ -191,8 +191,12 @@ def test_ingest_says_how_files_became_datasets_and_refuses_truncated_files(tmp_p
     import warnings
     from pathlib import Path
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    source = shared / "decam-legacypipe-tc6" / "images" / "decam" / "CP"
+    import os
+
+    tc6 = os.environ.get(  # as tests/test_decam.py finds the fixture
+        "DRP_DECAM_TC6", Path(__file__).resolve().parents[2] / "shared/data/decam-legacypipe-tc6"
+    )
+    source = Path(tc6) / "images" / "decam" / "CP"
     files = sorted(str(p) for p in source.glob("*/CP20150109/*.fits"))
     assert len(files) == 3  # one CCD: image, weight and mask
     url = str(tmp_path / "repo")
