@@ -187,11 +187,10 @@ def test_table_output_shortens_long_values_and_says_so():
 
 
 def test_ingest_says_how_files_became_datasets_and_refuses_truncated_files(tmp_path):
+    import os
     import shutil
     import warnings
     from pathlib import Path
-
-    import os
 
     tc6 = os.environ.get(  # as tests/test_decam.py finds the fixture
         "DRP_DECAM_TC6", Path(__file__).resolve().parents[2] / "shared/data/decam-legacypipe-tc6"
