@@ -511,3 +511,27 @@ def test_workers_keep_the_registry_small_as_jobs_commit(tmp_path):
     assert fresh.verify().ok
     assert {q.status for q in build_graph(fresh, pipeline, output_run="out",
             inputs=["raw", "calib"]).quanta.values()} == {"skip"}  # fmt: skip
+
+
+def test_inputs_read_by_several_quanta_are_decoded_once_per_worker_and_run(tmp_path, monkeypatch):
+    from stages.framework import runner
+
+    repo = make_toy_repo(str(tmp_path / "repo"), n_visits=3)
+    pipeline = Pipeline.from_yaml(toy_pipeline_yaml()).subset("singleFrame")
+    graph = build_graph(repo, pipeline, output_run="out", inputs=["raw", "calib"])
+    biases = {r.id for q in graph.quanta.values() for r in q.inputs.get("bias", ())}
+    assert biases and biases <= graph.shared_inputs  # each bias is read by 3 calibrate quanta
+    reads = []
+    original = Repository.read
+    monkeypatch.setattr(
+        Repository, "read", lambda self, ref: reads.append(ref.id) or original(self, ref)
+    )
+    assert run_graph(repo, graph, jobs=1).ok
+    assert sum(r in biases for r in reads) == 4  # once per detector, not once per quantum
+    check_truth(repo, graph)  # every quantum got the right bias (its own copy)
+    # another run (a new graph) reads them again: they may have been rewritten in between
+    again = build_graph(repo, pipeline, output_run="out2", inputs=["raw", "calib"])
+    reads.clear()
+    assert run_graph(repo, again, jobs=1).ok
+    assert sum(r in biases for r in reads) == 4
+    assert len(runner._SHARED_INPUTS) <= runner.SHARED_INPUTS_KEPT

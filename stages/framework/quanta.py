@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -75,6 +76,25 @@ class QuantumGraph:
     quanta: dict[str, Quantum]
     skymap: RingsSkyMap | None = None
     where: str = ""
+
+    @cached_property
+    def shared_inputs(self) -> frozenset[str]:
+        """Ids of the datasets that several quanta to run read (master calibrations, the camera,
+        a reference catalog): a worker keeps them decoded for the run (see
+        :mod:`stages.framework.runner`)."""
+        readers = Counter(
+            ref.id
+            for q in self.quanta.values()
+            if q.status == "run"
+            for refs in q.inputs.values()
+            for ref in refs
+        )
+        return frozenset(i for i, n in readers.items() if n > 1)
+
+    @cached_property
+    def token(self) -> str:
+        """A random id of this graph's run: what a worker keeps for a run it forgets after."""
+        return uuid.uuid4().hex
 
     @cached_property
     def skymap_json(self) -> str | None:
