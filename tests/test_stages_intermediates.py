@@ -166,7 +166,10 @@ def test_provenance_goes_through_an_intermediate_that_was_never_written(tmp_path
     raws = {r.dataset_type for r in prov.raws()}
     assert raws == {"rawImage", "bias"}
     text = prov.to_text()
-    assert "calexp {" in text and "(not written: handed over in memory)" in text
+    assert (
+        "calexp instrument=TestCam visit=1 detector=2 in out (not written: handed over in memory)"
+        in text
+    )
     assert "no longer in the repository" not in text
 
 

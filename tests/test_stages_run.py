@@ -294,9 +294,13 @@ def test_provenance_walks_back_to_the_raws(tmp_path):
         cli, ["provenance", repo.storage.url, "coadd", "--collections", "out", "--where", where]
     )
     assert text.exit_code == 0, text.output
-    assert text.output.splitlines()[0].startswith("coadd {")
+    assert (
+        text.output.splitlines()[0]
+        == f"coadd skymap=toy_rings tract={coadd.data_id['tract']} patch={patch} band={coadd.data_id['band']} in out"
+    )
     assert "└── quantum coadd" in text.output and "quantum calibrate" in text.output
-    assert "rawImage {" in text.output and "[put: no producing quantum]" in text.output
+    assert "rawImage instrument=TestCam visit=" in text.output
+    assert "[put: no producing quantum]" in text.output
     data = json.loads(
         runner.invoke(
             cli,

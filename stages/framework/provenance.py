@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from repo.dimensions import DIMENSION_NAMES, DataId
+from repo.dimensions import DIMENSION_NAMES, UNIVERSE, DataId
 from repo.registry import DatasetRef, QuantumRecord, dataset_id_for
 from repo.repository import Repository
 
@@ -48,12 +48,12 @@ class DatasetNode:
     def label(self) -> str:
         if self.in_memory:
             return (
-                f"{self.dataset_type or 'dataset ' + self.id} {self.data_id} in {self.run} "
-                "(not written: handed over in memory)"
+                f"{self.dataset_type or 'dataset ' + self.id} {_short(self.data_id)} in "
+                f"{self.run} (not written: handed over in memory)"
             )
         if not self.found:
             return f"dataset {self.id} (no longer in the repository)"
-        return f"{self.dataset_type} {self.data_id} in {self.run}"
+        return f"{self.dataset_type} {_short(self.data_id)} in {self.run}"
 
 
 @dataclass
@@ -86,7 +86,7 @@ class ProvenanceGraph:
         return json.dumps(self.to_dict(), indent=1, default=str)
 
     def to_text(self) -> str:
-        """An indented tree; a dataset met again is shown once and then referred to."""
+        """An indented tree; a dataset or quantum met again is shown once, then referred to."""
         lines: list[str] = []
         shown: set[str] = set()
         for root in self.roots:
@@ -109,11 +109,17 @@ class ProvenanceGraph:
             origin = f"  [{node.producer or 'put'}: no producing quantum]" if node.found else ""
             lines.append(f"{first}{node.label()}{origin}")
             return
-        lines.append(f"{first}{node.label()}")
         if record is None:
-            made = f"made by {node.producer}" if node.producer else "its record is missing"
-            lines.append(f"{rest}└── {node.quantum_id} ({made}, not a pipeline quantum)")
+            made = f"made by {node.producer}" if node.producer else "its quantum record is missing"
+            lines.append(
+                f"{first}{node.label()}  [{made} ({node.quantum_id}), no pipeline quantum]"
+            )
             return
+        lines.append(f"{first}{node.label()}")
+        if record.quantum_id in shown:  # its inputs are listed above, under another output
+            lines.append(f"{rest}└── quantum {record.stage} {_short(record.data_id)} (see above)")
+            return
+        shown.add(record.quantum_id)
         lines.append(f"{rest}└── {_describe_quantum(record)}")
         inputs = self.inputs_of(dataset_id)
         for i, input_id in enumerate(inputs):
@@ -135,10 +141,20 @@ def _describe_quantum(record: QuantumRecord) -> str:
         f"{k} {record.software[k]}" for k in ("drp", "numpy", "astropy") if k in record.software
     )
     return (
-        f"quantum {record.stage} {record.data_id} [{record.status}] on {record.host} "
+        f"quantum {record.stage} {_short(record.data_id)} [{record.status}] on {record.host} "
         f"(pid {record.pid}) at {when} for {record.end - record.start:.2f} s; config "
         f"{record.config_hash[:12]}; {versions}"
     )
+
+
+def _short(data_id: dict[str, Any]) -> str:
+    """A dataId as ``key=value`` words in the dimensions' order, without the values that
+    others imply (a visit's band and day): ``instrument=SimCam visit=12 detector=3``."""
+    given = {k for k, v in data_id.items() if v is not None}
+    implied = {i for k in given if k in UNIVERSE for i in UNIVERSE[k].implies}
+    order = {name: i for i, name in enumerate(DIMENSION_NAMES)}
+    keys = sorted(given - implied, key=lambda k: order.get(k, len(order)))
+    return " ".join(f"{k}={data_id[k]}" for k in keys) or "(no dimensions)"
 
 
 def trace_provenance(
