@@ -26,7 +26,9 @@ overrides from the command line (``label.key=value``) apply on top of the file's
 ``intermediates`` names dataset types that no one reads after the stages that consume them (the
 images between ISR and calibration): a run hands them from producer to consumers in memory, in
 one worker, and writes them only when asked (``drp run --keep-intermediates``). One that a
-(sub)pipeline produces but does not consume is written as usual.
+(sub)pipeline produces but does not consume is written as usual. A later run whose stages read
+an intermediate finds it only if the run that made it kept it; otherwise its graph reports the
+input missing (run the producing stages with it, or keep the intermediates).
 
 Loading validates everything that can be checked without a repository: that every class is a
 stage, its declarations (:meth:`stages.framework.base.Stage.validate`), that a dataset type means the same
