@@ -11,7 +11,7 @@ Each run starts from an empty repository in a scratch directory (removed afterwa
 tree first on ``PYTHONPATH``, workers included), so that two versions are measured in one
 sitting on the same machine. The disk footprint is the bytes of every file in the repository
 (``du -sb``); the stage times are summed from the registry's quantum records (start to end of
-each quantum, in the worker).
+each quantum, in the worker), read with the ``repo`` package of the source tree measured.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import sys
 import tempfile
 import time
 
-import duckdb
-
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,13 +37,26 @@ def footprint(root: str) -> int:
     )
 
 
-def stage_times(root: str) -> list[tuple]:
+def stage_times(source: str, root: str) -> list[tuple]:
     """(stage, quanta, mean seconds, total seconds) from the quantum records."""
-    files = os.path.join(root, "registry", "quanta", "*.parquet")
-    return duckdb.sql(
-        f'SELECT stage, count(*), avg("end" - start), sum("end" - start) '
-        f"FROM read_parquet('{files}') GROUP BY stage ORDER BY min(start)"
-    ).fetchall()
+    script = (
+        "import json, sys; from repo.repository import Repository; "
+        "q = Repository(sys.argv[1]).registry.current_quanta(); "
+        "print(json.dumps(q.select('stage', 'start', 'end').rows()))"
+    )
+    env = {**os.environ, "PYTHONPATH": source}
+    out = subprocess.run(
+        [sys.executable, "-c", script, root], env=env, capture_output=True, text=True, check=True
+    )
+    stages: dict[str, list[float]] = {}
+    first: dict[str, float] = {}
+    for stage, start, end in json.loads(out.stdout):
+        stages.setdefault(stage, []).append(end - start)
+        first[stage] = min(first.get(stage, start), start)
+    return [
+        (stage, len(times), sum(times) / len(times), sum(times))
+        for stage, times in sorted(stages.items(), key=lambda item: first[item[0]])
+    ]
 
 
 def run(source: str, repo: str, extra: list[str]) -> float:
@@ -82,7 +93,7 @@ def main() -> None:
     try:
         seconds = run(os.path.abspath(args.source), repo, extra)
         size = footprint(repo)
-        stages = stage_times(repo)
+        stages = stage_times(os.path.abspath(args.source), repo)
         figures = report(os.path.abspath(args.source), repo)
     finally:
         if not args.keep:

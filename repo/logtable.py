@@ -1,8 +1,12 @@
-"""An append-only table kept as a directory of small Parquet files: the registry's storage.
+"""An append-only table kept as a directory of small files: the registry's storage.
 
 Writers never modify a file: each commit writes a new file with a unique name
-(``<time_ns>-<uuid>.parquet``), so any number of processes, on any number of machines sharing one
-bucket, can commit at once and no row is ever lost. The current state is the union of all files,
+(``<time_ns>-<uuid>.arrow``), so any number of processes, on any number of machines sharing one
+bucket, can commit at once and no row is ever lost. A commit file is an Arrow IPC file: for the
+few rows of a commit it is ~40x cheaper than Parquet both to write (20 us against 0.8 ms for a
+dataset row) and to read back (30 us against 1.2 ms), which is what puts per second and a
+fresh reader's time depend on. Merged files are Parquet (``.parquet``), compact for many rows;
+pyarrow, polars and DuckDB read both. The current state is the union of all files,
 keeping for each key the row with the latest ``timestamp`` (later rows replace or, for the dataset
 log, remove earlier ones).
 
@@ -12,16 +16,15 @@ source is deleted), so concurrent compactions, writers and readers never lose a 
 finds a listed file gone simply lists again. Reading the same row twice is harmless because the
 state keeps one row per key.
 
-Pipeline workers compact as they go (:meth:`LogTable.merge_small_files`, after their jobs):
-files are merged by size when a size class holds too many (:data:`MERGE_TIERS`), so that a
-fresh reader opens a few dozen files however many jobs ran, and no worker rewrites the biggest
-files (``drp compact`` merges everything). A merge costs a millisecond or two per commit file
-(reading a small Parquet file costs ~1 ms), nothing beside a job of a second, too much for
-every put of a tight loop, which is why plain writers leave it to them or to ``drp compact``.
+Writers compact as they go (:meth:`LogTable.merge_small_files`): when a size class holds too
+many files (:data:`MERGE_TIERS`) they are merged, so that a fresh reader opens a few dozen files
+however many transactions there were, and no writer rewrites the biggest files (``drp compact``
+merges everything).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,15 +37,26 @@ import pyarrow.parquet as pq
 from .errors import CorruptDatasetError, StorageError
 from .storage import TEMP_PREFIX, Storage
 
+log = logging.getLogger(__name__)
+
 _READ_ATTEMPTS = 5
 #: Writers merge files by size: when more than ``most`` files are smaller than ``below`` bytes,
 #: those are merged into one (a commit file is a few kB; 10^4 of them make ~1 MB merged).
 MERGE_TIERS = ((64 << 10, 24), (1 << 20, 8), (16 << 20, 8))
 
 
-def new_log_name() -> str:
-    """A unique, roughly time-ordered file name for one commit."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
+#: File name endings: commit files (Arrow IPC) and merged files (Parquet).
+COMMIT_SUFFIX, MERGED_SUFFIX = ".arrow", ".parquet"
+
+
+def new_log_name(suffix: str = COMMIT_SUFFIX) -> str:
+    """A unique, roughly time-ordered file name for one commit (or merge)."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}{suffix}"
+
+
+def is_log_file(name: str) -> bool:
+    """Whether a file name is one of a log's files (not a temporary one)."""
+    return name.endswith((COMMIT_SUFFIX, MERGED_SUFFIX)) and not name.startswith(TEMP_PREFIX)
 
 
 class LogTable:
@@ -67,19 +81,24 @@ class LogTable:
         self.keys = list(keys)
         self._seen: set[str] = set()
         self._state = pl.from_arrow(schema.empty_table())
-        self._unmerged: list[pl.DataFrame] = []  # rows committed here, merged on next access
+        self._unmerged: list[pa.Table] = []  # rows committed here, merged on next access
         self.version = 0  # bumped whenever the state changes
         self._files_known = 0  # files at the last listing, plus this process's commits since
         self._next_check = MERGE_TIERS[0][1]  # look for files to merge past this many
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def append(self, table: pa.Table) -> str:
-        """Commit rows as one new file; returns its name. Atomic: all rows or none."""
-        table = table.select(self.schema.names).cast(self.schema)
+    def append(self, table: pa.Table, *, merged: bool = False) -> str:
+        """Commit rows as one new file (Arrow IPC; Parquet for a merge); returns its name.
+        Atomic: all rows or none."""
+        table = self._conformed(table)
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        name = new_log_name()
+        if merged:
+            pq.write_table(table, sink, compression="zstd")
+        else:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        name = new_log_name(MERGED_SUFFIX if merged else COMMIT_SUFFIX)
         self.storage.put_bytes(
             f"{self.reldir}/{name}", sink.getvalue().to_pybytes(), exclusive=True
         )
@@ -90,11 +109,7 @@ class LogTable:
     def refresh(self) -> pl.DataFrame:
         """Read files committed since the last refresh and return the current state."""
         for _attempt in range(_READ_ATTEMPTS):
-            names = sorted(
-                n
-                for n in self.storage.list_names(self.reldir)
-                if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX)
-            )
+            names = sorted(n for n in self.storage.list_names(self.reldir) if is_log_file(n))
             self._files_known = len(names)
             new = [n for n in names if n not in self._seen]
             if not new:
@@ -130,17 +145,28 @@ class LogTable:
         relpath = f"{self.reldir}/{name}"
         data = self.storage.get_bytes(relpath)
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            if name.endswith(MERGED_SUFFIX):
+                table = pq.read_table(pa.BufferReader(data))
+            else:
+                table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
         except Exception as exc:
+            kind = "Parquet" if name.endswith(MERGED_SUFFIX) else "Arrow IPC"
             raise CorruptDatasetError(
-                f"registry file {self.storage.uri(relpath)} is not readable Parquet ({exc}); "
+                f"registry file {self.storage.uri(relpath)} is not readable {kind} ({exc}); "
                 "move it aside and run `drp verify`"
             ) from exc
+        return self._conformed(table)
+
+    def _conformed(self, table: pa.Table) -> pa.Table:
+        """The table with exactly this log's columns and types (a no-op when it has them)."""
+        if table.schema.equals(self.schema):
+            return table
         return table.select(self.schema.names).cast(self.schema)
 
     def _merge(self, frames: list[pl.DataFrame]) -> None:
-        frames = [*self._unmerged, *frames]
-        self._unmerged = []
+        if self._unmerged:  # this process's commits, converted in one go
+            frames = [pl.from_arrow(pa.concat_tables(self._unmerged)), *frames]
+            self._unmerged = []
         combined = pl.concat([self._state, *frames], how="vertical_relaxed")
         self._state = combined.sort("timestamp", maintain_order=True).unique(
             subset=self.keys, keep="last", maintain_order=True
@@ -160,7 +186,7 @@ class LogTable:
         They are merged lazily, on the next read of the state, so that a long series of commits
         does not re-sort the whole table each time.
         """
-        self._unmerged.append(pl.from_arrow(table.select(self.schema.names).cast(self.schema)))
+        self._unmerged.append(self._conformed(table))
         self.version += 1
 
     def note_committed(self, name: str) -> None:
@@ -168,11 +194,12 @@ class LogTable:
         small files when this process knows of many (:meth:`merge_small_files`)."""
         self._seen.add(name)
         self._files_known += 1
-
-    @property
-    def wants_merge(self) -> bool:
-        """Whether this process knows of enough files for :meth:`merge_small_files` to look."""
-        return self._files_known > self._next_check
+        if self._files_known > self._next_check:
+            try:
+                self.merge_small_files()
+            except Exception as exc:  # the commit is done: merging only saves readers time
+                self._next_check = self._files_known + MERGE_TIERS[0][1]
+                log.warning("could not merge the small files of %s: %s", self.reldir, exc)
 
     # -- compaction ------------------------------------------------------------------------------
 
@@ -182,7 +209,7 @@ class LogTable:
         sizes = {
             relpath.rpartition("/")[2]: size
             for relpath, size in self.storage.walk_files(self.reldir)
-            if relpath.endswith(".parquet") and "/" + TEMP_PREFIX not in "/" + relpath
+            if is_log_file(relpath.rpartition("/")[2])
         }
         merged = (0, 0)
         for below, most in MERGE_TIERS:
@@ -198,11 +225,7 @@ class LogTable:
 
     def compact(self, *, min_files: int = 2) -> tuple[int, int]:
         """Merge all current files into one; returns (files merged, rows kept)."""
-        names = sorted(
-            n
-            for n in self.storage.list_names(self.reldir)
-            if n.endswith(".parquet") and not n.startswith(TEMP_PREFIX)
-        )
+        names = sorted(n for n in self.storage.list_names(self.reldir) if is_log_file(n))
         if len(names) < min_files:
             return 0, len(self._state)
         return self._merge_files(names)
@@ -221,7 +244,7 @@ class LogTable:
         frames = [pl.from_arrow(pa.concat_tables(tables))]
         state = pl.concat(frames, how="vertical_relaxed").sort("timestamp", maintain_order=True)
         state = state.unique(subset=self.keys, keep="last", maintain_order=True)
-        name = self.append(state.to_arrow())
+        name = self.append(state.to_arrow(), merged=True)
         for old in merged:
             self.storage.delete(f"{self.reldir}/{old}")
         self._seen.update(merged)

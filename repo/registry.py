@@ -673,14 +673,6 @@ class Registry:
         self.quanta.note_committed(name)
         self.quanta.add_local(table)
 
-    def merge_small_files(self) -> None:
-        """Merge the small files of the datasets and quanta logs where this process knows of
-        many (:meth:`repo.logtable.LogTable.merge_small_files`); pipeline workers call it after
-        each job."""
-        for table in (self.datasets, self.quanta):
-            if table.wants_merge:
-                table.merge_small_files()
-
     def current_quanta(self, *, refresh: bool = True) -> pl.DataFrame:
         """The latest record of every quantum, as a frame of :data:`QUANTUM_SCHEMA` columns."""
         return self.quanta.refresh() if refresh else self.quanta.state

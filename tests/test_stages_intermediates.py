@@ -16,6 +16,7 @@ import pytest
 from stages_toys import TESTS_DIR, make_toy_repo, toy_pipeline_yaml
 from test_stages_run import log_rows
 
+from repo.logtable import is_log_file
 from repo.repository import Repository
 from stages.framework.executors import run_graph
 from stages.framework.graph import build_graph
@@ -207,7 +208,7 @@ def test_kill_9_of_the_driver_mid_chain_then_rerun(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         workers |= _children(proc.pid)
         done = os.listdir(quanta_dir) if os.path.isdir(quanta_dir) else []
-        if len([n for n in done if n.endswith(".parquet")]) >= 4:
+        if len([n for n in done if is_log_file(n)]) >= 4:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"

@@ -13,12 +13,14 @@ import time
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from stages_toys import TESTS_DIR, make_toy_repo, toy_pipeline_yaml
 
 from cli.main import cli
+from repo.logtable import is_log_file
 from repo.repository import Repository
 from stages.framework.executors import run_graph
 from stages.framework.graph import build_graph
@@ -43,13 +45,19 @@ def outputs(repo):
     return {(r.dataset_type.name, r.data_id.canonical()): (r.checksum, r.id) for r in refs}
 
 
+def read_log_file(path):
+    """A registry file as an Arrow table: a commit (Arrow IPC) or a merged file (Parquet)."""
+    return pq.read_table(path) if path.endswith(".parquet") else pa.ipc.open_file(path).read_all()
+
+
 def log_rows(repo, table="datasets"):
-    """Every row ever committed to a registry table (not just the current state)."""
+    """The rows of a registry table's files (not just the current state; a writer's merges
+    keep only the latest row of a key among the files they merge)."""
     folder = os.path.join(repo.storage.root, "registry", table)
     frames = [
-        pl.from_arrow(pq.read_table(os.path.join(folder, name)))
+        pl.from_arrow(read_log_file(os.path.join(folder, name)))
         for name in sorted(os.listdir(folder))
-        if name.endswith(".parquet")
+        if is_log_file(name)
     ]
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
@@ -353,7 +361,7 @@ def test_resume_after_sigkill_runs_exactly_the_missing_quanta(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline:
         done = os.listdir(quanta_dir) if os.path.isdir(quanta_dir) else []
-        if len([n for n in done if n.endswith(".parquet")]) >= 6 or proc.poll() is not None:
+        if len([n for n in done if is_log_file(n)]) >= 6 or proc.poll() is not None:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -464,8 +472,8 @@ def test_verify_repairs_lost_files_and_lost_records(tmp_path):
     # with the provenance their quantum records still hold
     folder = os.path.join(url, "registry", "datasets")
     moved = []
-    for name in sorted(n for n in os.listdir(folder) if n.endswith(".parquet")):
-        table = pq.read_table(os.path.join(folder, name)).to_pydict()
+    for name in sorted(n for n in os.listdir(folder) if is_log_file(n)):
+        table = read_log_file(os.path.join(folder, name)).to_pydict()
         first_run_outputs = (
             set(table["visit"]) == {1}
             and set(table["op"]) == {"put"}
@@ -507,7 +515,7 @@ def test_workers_keep_the_registry_small_as_jobs_commit(tmp_path):
     limit = sum(most for _, most in MERGE_TIERS) + 4
     for table in ("datasets", "quanta"):
         folder = os.path.join(repo.storage.root, "registry", table)
-        files = [n for n in os.listdir(folder) if n.endswith(".parquet")]
+        files = [n for n in os.listdir(folder) if is_log_file(n)]
         assert len(files) <= limit, (table, len(files))
     fresh = Repository(repo.storage.url)
     assert len(fresh.query_datasets(["calexp", "src"], collections="out")) == 160

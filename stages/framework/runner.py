@@ -327,7 +327,6 @@ def run_job(repo: Repository, specs: list[QuantumSpec]) -> list[QuantumResult]:
         results.append(QuantumResult(spec.id, "done", start, end, host, pid, output_ids=output_ids))
     try:
         _commit(repo, finished, failed_records)
-        _merge_registry_files(repo)
     except Exception as exc:  # the storage itself failed: none of the job's outputs is recorded
         error = f"{type(exc).__name__}: {exc}"
         details = traceback.format_exc()
@@ -368,15 +367,6 @@ def _commit(
             repo.registry.commit_quanta([i.record for i in finished] + failed_records)
     else:
         _record_failures(repo, failed_records)
-
-
-def _merge_registry_files(repo: Repository) -> None:
-    """Keep the registry's file count down as jobs commit (a fresh reader of 10^4 commit files
-    would take seconds); a failure here loses nothing, the commit is done."""
-    try:
-        repo.registry.merge_small_files()
-    except Exception as exc:
-        log.warning("could not merge the registry's small files: %s", exc)
 
 
 def _record_failures(repo: Repository, records: list[QuantumRecord]) -> None:
