@@ -197,9 +197,13 @@ class QuantumGraph:
                 key = (self.quanta[up].label, quantum.label)
                 edges[key] = edges.get(key, 0) + 1
         if edges:
+            rank = {label: i for i, label in enumerate(self.pipeline.labels)}
             lines.append("dependencies:")
             lines.extend(
-                f"  {down} <- {up}: {n} quantum dependencies" for (up, down), n in edges.items()
+                f"  {down} <- {up}: {n} quantum dependencies"
+                for (up, down), n in sorted(
+                    edges.items(), key=lambda e: (rank[e[0][1]], rank[e[0][0]])
+                )
             )
         in_memory = sorted(
             {
