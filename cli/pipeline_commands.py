@@ -534,11 +534,16 @@ def demo(
         f"{','.join(config.bands)}, {config.n_epochs} epochs, seed {config.seed})"
     )
     summary = simulate_survey(r, config, jobs=jobs)
-    click.echo(
-        f"simulation: {summary.simulated} raws simulated, {summary.skipped} already there, "
-        f"{summary.megapixels:.1f} Mpix in {summary.seconds:.1f} s "
-        f"({summary.mpix_per_second:.2f} Mpix/s)"
-    )
+    if summary.simulated:
+        click.echo(
+            f"simulation: {summary.simulated} raws simulated, {summary.skipped} already there, "
+            f"{summary.megapixels:.1f} Mpix in {summary.seconds:.1f} s "
+            f"({summary.mpix_per_second:.2f} Mpix/s)"
+        )
+    else:
+        click.echo(
+            f"simulation: all {summary.skipped} raws already there ({summary.seconds:.1f} s)"
+        )
     start = time.perf_counter()
     run = process_survey(r, jobs=jobs, keep_intermediates=keep_intermediates)
     click.echo(f"pipeline {DEMO_PIPELINE} into {DEMO_RUN}: {run.describe()}")

@@ -52,7 +52,8 @@ def test_demo_resumes_and_refuses_another_survey(demo_repo):
     path, _ = demo_repo
     again = CliRunner().invoke(cli, ["demo", path, "--preset", "tiny", "-j", "1"])
     assert again.exit_code == 0, again.output
-    assert "0 raws simulated" in again.output
+    assert "simulation: all 32 raws already there" in again.output
+    assert "0 done" in again.output  # every quantum skipped
     other = CliRunner().invoke(cli, ["demo", path, "--preset", "tiny", "--seed", "7"])
     assert other.exit_code == 1
     assert "another configuration" in other.output and "'seed': (1, 7)" in other.output

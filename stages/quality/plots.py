@@ -96,7 +96,9 @@ def _astrometry(ax: Any, data: ReportData) -> None:
     rms = data.report.get("astrom_rms_mas")
     if rms:
         angle = np.linspace(0.0, 2.0 * np.pi, 200)
-        ax.plot(rms * np.cos(angle), rms * np.sin(angle), color="tab:red", label=f"rms {rms:.2f}")
+        ax.plot(
+            rms * np.cos(angle), rms * np.sin(angle), color="tab:red", label=f"rms {rms:.2f} mas"
+        )
         ax.legend(loc="upper right", fontsize=8)
         limit = 4.0 * rms
         ax.set_xlim(-limit, limit)
