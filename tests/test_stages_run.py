@@ -248,8 +248,10 @@ def test_serial_pool_and_dask_give_identical_outputs(tmp_path):
     assert len(results["serial"]) == len(graph.quanta)
     assert pids["serial"] == {os.getpid()}
     assert os.getpid() not in pids["pool"] and os.getpid() not in pids["dask"]
-    assert len(pids["pool"]) == 2 and len(pids["dask"]) == 2  # both workers took quanta
-    assert pids["dask"] <= worker_pids
+    # which worker takes which job is the scheduler's choice (one fast worker may take them
+    # all), so only where the quanta ran is asserted: in the pool's or the cluster's processes
+    assert 1 <= len(pids["pool"]) <= 2
+    assert pids["dask"] and pids["dask"] <= worker_pids
 
 
 def test_cli_run_on_a_local_dask_cluster(tmp_path):
