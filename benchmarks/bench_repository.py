@@ -195,15 +195,24 @@ def main() -> None:
     parser.add_argument("--s3-n", type=int, default=2_000, help="puts on S3 (moto)")
     parser.add_argument("--batch", type=int, default=10, help="puts per transaction")
     parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument(
+        "--records", type=int, default=100_000, help="registry size of the constrained query"
+    )
+    parser.add_argument(
+        "--registry-only", action="store_true", help="only the large-registry query"
+    )
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="drp-bench-", dir=os.environ.get("BENCH_DIR"))
     try:
         print(f"local disk ({tmp})")
+        if args.registry_only:
+            bench_large_registry(f"{tmp}/big", args.records)
+            return
         for writers in (1, 2, 4):
             bench_puts(f"{tmp}/w{writers}", args.n, writers, args.batch)
         bench_puts(f"{tmp}/single", min(args.n, 2000), 1, 1)
         bench_queries(f"{tmp}/w1", args.n)
-        bench_large_registry(f"{tmp}/big")
+        bench_large_registry(f"{tmp}/big", args.records)
         if not args.skip_s3:
             server, endpoint = start_moto()
             import boto3

@@ -59,6 +59,12 @@ def is_log_file(name: str) -> bool:
     return name.endswith((COMMIT_SUFFIX, MERGED_SUFFIX)) and not name.startswith(TEMP_PREFIX)
 
 
+def _frame(tables: list[pa.Table]) -> pl.DataFrame:
+    """One polars frame of many small tables of one schema. The Arrow chunks are joined
+    first: polars converts one chunk of n rows ~7x faster than n one-row chunks."""
+    return pl.from_arrow(pa.concat_tables(tables).combine_chunks())
+
+
 class LogTable:
     """A keyed table stored as a log of Parquet files under ``reldir``.
 
@@ -94,7 +100,15 @@ class LogTable:
         table = self._conformed(table)
         sink = pa.BufferOutputStream()
         if merged:
-            pq.write_table(table, sink, compression="zstd")
+            # No statistics or dictionaries: only pyarrow reads these files, whole, and without
+            # them a merge writes ~1.7x faster and the file is no bigger (zstd does the work).
+            pq.write_table(
+                table.combine_chunks(),
+                sink,
+                compression="zstd",
+                use_dictionary=False,
+                write_statistics=False,
+            )
         else:
             with pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
@@ -115,8 +129,14 @@ class LogTable:
             if not new:
                 return self.state
             tables, vanished = self._read_many(new)
-            if tables:
-                self._merge([pl.from_arrow(pa.concat_tables(tables))])
+            lone_merged = len(new) == 1 and new[0].endswith(MERGED_SUFFIX)
+            if lone_merged and tables and self._state.is_empty() and not self._unmerged:
+                # a first read of one merged file (a compacted log): it is already one row per
+                # key, in timestamp order, so it is the state as it stands (10^6 rows: 0.5 s saved)
+                self._state = pl.from_arrow(tables[0])
+                self.version += 1
+            elif tables:
+                self._merge([_frame(tables)])
             self._seen.update(new)
             if not vanished:
                 return self.state
@@ -146,7 +166,7 @@ class LogTable:
         data = self.storage.get_bytes(relpath)
         try:
             if name.endswith(MERGED_SUFFIX):
-                table = pq.read_table(pa.BufferReader(data))
+                table = pq.ParquetFile(pa.BufferReader(data)).read()  # 3x read_table's speed
             else:
                 table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
         except Exception as exc:
@@ -165,7 +185,7 @@ class LogTable:
 
     def _merge(self, frames: list[pl.DataFrame]) -> None:
         if self._unmerged:  # this process's commits, converted in one go
-            frames = [pl.from_arrow(pa.concat_tables(self._unmerged)), *frames]
+            frames = [_frame(self._unmerged), *frames]
             self._unmerged = []
         combined = pl.concat([self._state, *frames], how="vertical_relaxed")
         self._state = combined.sort("timestamp", maintain_order=True).unique(
@@ -241,8 +261,7 @@ class LogTable:
                 continue  # another compaction took it; its rows are in that one's output
         if not tables:
             return 0, 0
-        frames = [pl.from_arrow(pa.concat_tables(tables))]
-        state = pl.concat(frames, how="vertical_relaxed").sort("timestamp", maintain_order=True)
+        state = _frame(tables).sort("timestamp", maintain_order=True)
         state = state.unique(subset=self.keys, keep="last", maintain_order=True)
         name = self.append(state.to_arrow(), merged=True)
         for old in merged:
