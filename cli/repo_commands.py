@@ -1,4 +1,4 @@
-"""The repository commands of ``drp``: create, ingest, query, collections, remove, verify,
+"""The repository commands of ``drp``: create, ingest, ingest-refcat, query, collections, remove, verify,
 compact, transfer and sql. Thin: parse options, call :mod:`repo`, print."""
 
 from __future__ import annotations
@@ -132,6 +132,50 @@ def ingest(
     if len(refs) < len(files):
         line += " (the files of one exposure, such as image, weight and mask, make one dataset)"
     click.echo(line)
+
+
+@click.command("ingest-refcat")
+@click.argument("repo")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--run", default="refcats/gaia", show_default=True, help="RUN collection.")
+@click.option(
+    "--dataset-type",
+    default="refcat",
+    show_default=True,
+    help="Dataset type of the catalog (the calibration stages read 'refcat').",
+)
+@click.option("--skip-existing", is_flag=True, help="Do nothing if the catalog exists already.")
+@storage_option
+def ingest_refcat(
+    repo: str,
+    files: Sequence[str],
+    run: str,
+    dataset_type: str,
+    skip_existing: bool,
+    storage_options: Sequence[str],
+) -> None:
+    """Ingest Gaia FILES as a reference catalog for astrometric and photometric calibration.
+
+    The files are Gaia tables with the archive's column names (DR2, EDR3 or DR3: positions,
+    proper motions, their errors and epoch, G/BP/RP magnitudes), such as legacypipe's
+    chunk-NNNNN.fits shards. The stars are stored in one catalog sorted by HEALPix pixel
+    (column healpix); pass its run as an --input of `drp run`.
+
+    Example: drp ingest-refcat ./myrepo gaia/chunk-*.fits --run refcats/gaia
+    """
+    from stages.calibrate.refcat import read_gaia_shards, sort_by_healpix
+
+    r = open_repo(repo, storage_options)
+    refcat = sort_by_healpix(read_gaia_shards(list(files)))
+    r.register_dataset_type(dataset_type, [], "Catalog")
+    with r.transaction():
+        r.put(refcat, dataset_type, {}, run=run, mode="skip" if skip_existing else "error")
+    epochs = sorted({float(e) for e in refcat["epoch"]})
+    click.echo(
+        f"ingested {len(refcat)} reference stars from {len(files)} file(s) into {run} as "
+        f"{dataset_type} (epoch {', '.join(f'{e:g}' for e in epochs)}; "
+        f"healpix order {refcat.meta['healpix_order']})"
+    )
 
 
 def _ref_row(ref: Any) -> dict[str, Any]:
@@ -502,6 +546,7 @@ COMMANDS = [
     register_dataset_type,
     register_instrument,
     ingest,
+    ingest_refcat,
     query_datasets,
     query_data_ids,
     query_dimension_records,

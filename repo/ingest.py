@@ -36,7 +36,7 @@ def instrument_for_file(path: str) -> Instrument:
     except Exception as exc:
         raise DrpError(f"{path}: not a readable FITS file ({exc})") from exc
     for cls in registered_instruments().values():
-        if cls.matches_header(header):
+        if cls.matches_file(path, header):
             return cls()
     raise DrpError(
         f"{path}: no registered instrument recognizes INSTRUME={header.get('INSTRUME')!r}; "

@@ -72,6 +72,24 @@ class Instrument(ABC):
         """Whether a primary FITS header was written by this instrument (``INSTRUME``)."""
         return str(header.get("INSTRUME", "")).strip().lower() == cls.name.lower()
 
+    @classmethod
+    def matches_file(cls, path: str, header: Mapping[str, Any]) -> bool:
+        """Whether a file (its path and primary header) belongs to this instrument; by default
+        :meth:`matches_header`. Instruments with companion files whose headers say nothing
+        (a PSF model, a sky model) recognize them here."""
+        return cls.matches_header(header)
+
+    def nominal_zero_point(
+        self, band: str, metadata: Mapping[str, Any]
+    ) -> tuple[float, float] | None:
+        """A typical zero point of an exposure when its stars cannot give one.
+
+        Returns ``(zero point, uncertainty)``: the AB magnitude of one image unit per second,
+        from the exposure's ``metadata`` (airmass, gain ...), or None when the instrument has
+        no such model (the default).
+        """
+        return None
+
     def band_records(self) -> list[dict[str, Any]]:
         """Records of the ``band`` element, derived from the physical filters."""
         bands = sorted({rec["band"] for rec in self.physical_filter_records()})

@@ -492,23 +492,8 @@ def calibrate_astrometry(
         src, ref = good_src[s], near_ref[r]
         used = fit.inliers(current, src, ref, config.clip_sigma)
     current, order = fit.fit(src[used], ref[used])
-    dxi, deta = sky_residuals_mas(
-        current, source_xy[src, 0], source_xy[src, 1], ref_ra[ref], ref_dec[ref]
-    )
-    matches = Table(
-        {
-            "source_index": src,
-            "ref_index": ref,
-            "ref_id": np.asarray(refs["id"])[ref],
-            "x": source_xy[src, 0],
-            "y": source_xy[src, 1],
-            "ref_ra": ref_ra[ref],
-            "ref_dec": ref_dec[ref],
-            "dxi_mas": dxi,
-            "deta_mas": deta,
-            "used": used,
-        }
-    )
+    matches = _match_table(current, source_xy, refs, src, ref, used)
+    dxi, deta = np.asarray(matches["dxi_mas"]), np.asarray(matches["deta_mas"])
     rms = math.sqrt(float(np.mean(dxi[used] ** 2 + deta[used] ** 2)))
     centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
     a0 = wcs.all_pix2world([centre[0]], [centre[1]], 0)
@@ -523,6 +508,79 @@ def calibrate_astrometry(
         n_used=int(used.sum()),
         offset_arcsec=float(np.hypot(*moved)[0] * 3600.0),
         rotation_deg=coarse.rotation_deg,
+    )
+
+
+def _match_table(
+    wcs: WCS, source_xy: np.ndarray, refs: Table, src: np.ndarray, ref: np.ndarray, used: np.ndarray
+) -> Table:
+    """The matches table of :class:`AstrometryResult` for pairs (rows of sources, refs)."""
+    ref_ra, ref_dec = np.asarray(refs["ra"], float)[ref], np.asarray(refs["dec"], float)[ref]
+    dxi, deta = sky_residuals_mas(wcs, source_xy[src, 0], source_xy[src, 1], ref_ra, ref_dec)
+    return Table(
+        {
+            "source_index": src,
+            "ref_index": ref,
+            "ref_id": np.asarray(refs["id"])[ref],
+            "x": source_xy[src, 0],
+            "y": source_xy[src, 1],
+            "ref_ra": ref_ra,
+            "ref_dec": ref_dec,
+            "dxi_mas": dxi,
+            "deta_mas": deta,
+            "used": used,
+        }
+    )
+
+
+def astrometry_without_fit(
+    sources: Table,
+    refcat: Table,
+    wcs: WCS,
+    shape: tuple[int, int],
+    epoch: float | None = None,
+    config: AstrometryConfig | None = None,
+) -> AstrometryResult:
+    """The input WCS kept as it is, with the reference stars it puts on sources.
+
+    The fallback of :func:`calibrate_astrometry` when an image has too few stars for a fit:
+    the sources within ``config.match_radius_arcsec`` of a reference star (through ``wcs``)
+    are its matches, none of them ``used`` (``n_used`` 0, ``order`` -1); ``rms_mas`` is their
+    scatter (NaN without a match), which says how good the kept WCS is.
+    """
+    config = config or AstrometryConfig()
+    check_refcat(refcat)
+    refs = apply_proper_motion(refcat, epoch) if epoch is not None else refcat
+    ny, nx = shape
+    source_xy = np.column_stack([np.asarray(sources["x"], float), np.asarray(sources["y"], float)])
+    good = np.flatnonzero(np.all(np.isfinite(source_xy), axis=1))
+    centre_ra, centre_dec = wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
+    reach_deg = 0.5 * math.hypot(nx, ny) * pixel_scale_arcsec(wcs) / 3600.0
+    near = np.flatnonzero(
+        region_mask(refs, float(centre_ra[0]), float(centre_dec[0]), 1.05 * reach_deg + 1e-3)
+    )
+    src = ref = np.zeros(0, int)
+    if len(good) and len(near):
+        s, r = _sky_matches(
+            wcs,
+            source_xy[good],
+            np.asarray(refs["ra"], float)[near],
+            np.asarray(refs["dec"], float)[near],
+            config.match_radius_arcsec,
+        )
+        src, ref = good[s], near[r]
+    matches = _match_table(wcs, source_xy, refs, src, ref, np.zeros(len(src), bool))
+    residuals = np.hypot(np.asarray(matches["dxi_mas"]), np.asarray(matches["deta_mas"]))
+    rms = math.sqrt(float(np.mean(residuals**2))) if len(src) else float("nan")
+    return AstrometryResult(
+        wcs=wcs,
+        matches=matches,
+        order=-1,
+        rms_mas=rms,
+        n_matched=len(src),
+        n_used=0,
+        offset_arcsec=0.0,
+        rotation_deg=0.0,
     )
 
 

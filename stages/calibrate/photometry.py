@@ -139,6 +139,33 @@ GAIA_TO_DECAM: dict[str, ColorTerm] = {
     ),  # fmt: skip
 }
 
+#: Color terms by (instrument, reference system): the band's magnitude from a reference catalog
+#: measured in another system (see :func:`reference_system`).
+COLOR_TERMS: dict[tuple[str, str], dict[str, ColorTerm]] = {("DECam", "gaia"): GAIA_TO_DECAM}
+
+
+def reference_system(refcat: Table) -> str:
+    """``"gaia"`` for a catalog with Gaia's G, BP and RP magnitudes, else ``"own"`` (one
+    measured in the bands of the exposures, as the simulated survey's)."""
+    gaia = ("phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag")
+    return "gaia" if all(name in refcat.colnames for name in gaia) else "own"
+
+
+def color_term_for(instrument: str, band: str, refcat: Table) -> ColorTerm | None:
+    """The color term from ``refcat`` to an instrument's band; None when the catalog has
+    ``phot_<band>_mag`` of its own. Raises :class:`DrpError` when no transformation is known."""
+    if f"phot_{band}_mag" in refcat.colnames:
+        return None
+    system = reference_system(refcat)
+    terms = COLOR_TERMS.get((instrument, system), {})
+    if band not in terms:
+        known = ", ".join(f"{i} from {s}" for i, s in COLOR_TERMS) or "none"
+        raise DrpError(
+            f"the reference catalog ({system} system) has no phot_{band}_mag and no color term "
+            f"to {instrument} band {band!r} is known (color terms: {known})"
+        )
+    return terms[band]
+
 
 @dataclass(frozen=True)
 class PhotometryConfig:

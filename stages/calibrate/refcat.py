@@ -135,6 +135,29 @@ def _variable_flags(column: np.ndarray) -> np.ndarray:
     return text == "VARIABLE"
 
 
+#: HEALPix order (nested) of the ``healpix`` column of an ingested reference catalog: pixels of
+#: ~0.46 deg, a few per CCD field of view, the rows of one pixel stored together.
+REFCAT_HEALPIX_ORDER = 7
+
+
+def sort_by_healpix(refcat: Table, order: int = REFCAT_HEALPIX_ORDER) -> Table:
+    """``refcat`` with a ``healpix`` column (nested index at ``order``), sorted by it, so
+    that the stars of one region are stored together (Rubin's refcats shard by HTM, LSDB's
+    catalogs by HEALPix; the column is the partition key). ``meta["healpix_order"]`` says
+    the order."""
+    from astropy import units as u
+    from astropy_healpix import HEALPix  # reproject's dependency
+
+    check_refcat(refcat)
+    pixels = HEALPix(nside=2**order, order="nested").lonlat_to_healpix(
+        np.asarray(refcat["ra"], float) * u.deg, np.asarray(refcat["dec"], float) * u.deg
+    )
+    out = refcat[np.argsort(pixels, kind="stable")]
+    out["healpix"] = np.sort(pixels).astype(np.int64)
+    out.meta["healpix_order"] = int(order)
+    return out
+
+
 def region_mask(refcat: Table, ra: float, dec: float, radius_deg: float) -> np.ndarray:
     """True for the rows of ``refcat`` within ``radius_deg`` (great circle) of (ra, dec)."""
     check_refcat(refcat)

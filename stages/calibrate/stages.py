@@ -19,6 +19,7 @@ The stages before it are :mod:`stages.isr.stages` (``isr``) and
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from astropy.table import Table
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
+from repo.instruments.base import get_instrument
 from stages.characterize.stages import IC_EXP, IC_SRC
 from stages.framework.base import Connection, Stage
 from stages.isr.stages import VISIT_DIMS
@@ -41,12 +43,22 @@ from stages.measure.measurement import MeasurementConfig, measure_psf_fluxes
 
 from .astrometry import (
     AstrometryConfig,
+    AstrometryResult,
     add_sky_coordinates,
+    astrometry_without_fit,
     calibrate_astrometry,
     pixel_scale_arcsec,
 )
-from .photometry import PhotometryConfig, calibrate_fluxes, calibrate_photometry
+from .photometry import (
+    PhotometryConfig,
+    ZeroPointResult,
+    calibrate_fluxes,
+    calibrate_photometry,
+    color_term_for,
+)
 from .refcat import mjd_to_epoch
+
+log = logging.getLogger(__name__)
 
 CALEXP = Connection(
     "calexp", VISIT_DIMS, "Exposure", doc="calibrated exposure: WCS, PSF, zero point"
@@ -85,6 +97,13 @@ class CalibrateConfig:
         PSF fluxes tied to a large aperture and, through the PSF model, to total flux.
     photometry : PhotometryConfig
         Zero-point fit.
+    keep_wcs_fallback : bool
+        When the WCS fit finds too few stars, keep the input WCS (``ASTRFALL`` = true in the
+        metadata, ``astrometry_fallback`` in the summary) instead of failing.
+    nominal_zero_point_fallback : bool
+        When the matched stars cannot give a zero point, use the instrument's nominal one
+        (:meth:`repo.instruments.base.Instrument.nominal_zero_point`; ``ZPSRC`` = ``nominal``)
+        if it has one, instead of failing.
     min_calibration_snr : float
         Smallest PSF-flux S/N of a source used for astrometry and photometry.
     depth_snr : float
@@ -98,6 +117,8 @@ class CalibrateConfig:
     astrometry: AstrometryConfig = field(default_factory=AstrometryConfig)
     aperture_correction: ApertureCorrectionConfig = field(default_factory=ApertureCorrectionConfig)
     photometry: PhotometryConfig = field(default_factory=PhotometryConfig)
+    keep_wcs_fallback: bool = True
+    nominal_zero_point_fallback: bool = True
     min_calibration_snr: float = 10.0
     depth_snr: float = 5.0
     extendedness_sigma: float = 3.0
@@ -115,6 +136,13 @@ def calibration_sources(catalog: Table, min_snr: float) -> np.ndarray:
         if name in catalog.colnames:
             good &= ~np.asarray(catalog[name], bool)
     return np.flatnonzero(good)
+
+
+def photometry_matches(astrometry: AstrometryResult) -> Table:
+    """The matches the zero point is fitted to: the stars of the astrometric fit, or every
+    match of a kept input WCS (:func:`stages.calibrate.astrometry.astrometry_without_fit`)."""
+    matches = astrometry.matches
+    return matches[matches["used"]] if astrometry.n_used else matches
 
 
 def point_source_depth(exposure: Exposure, snr: float) -> float:
@@ -166,30 +194,32 @@ class CalibrateStage(Stage):
         if "MJD-OBS" not in exposure.metadata:
             raise DrpError(f"calibrate {dict(data_id)}: the exposure has no MJD-OBS (epoch)")
         epoch = mjd_to_epoch(float(exposure.metadata["MJD-OBS"]))
-        astrometry = calibrate_astrometry(
-            candidates, refcat, exposure.wcs, exposure.shape, epoch, cfg.astrometry
+        astrometry, astrometry_fallback = self._astrometry(
+            candidates, refcat, exposure, epoch, data_id
         )
-        used = astrometry.matches[astrometry.matches["used"]]
-        zero_point = calibrate_photometry(
-            candidates,
-            refcat,
-            np.asarray(used["source_index"]),
-            np.asarray(used["ref_index"]),
-            str(data_id["band"]),
-            config=cfg.photometry,
+        zero_point, photometry_source = self._photometry(
+            candidates, refcat, astrometry, exposure, data_id
         )
         exposure.wcs = astrometry.wcs
         exposure.photo_calib = zero_point.photo_calib
         src = calibrate_fluxes(add_sky_coordinates(catalog, astrometry.wcs), zero_point.photo_calib)
-        astrometry_rows = chosen[np.asarray(used["source_index"], int)]
+        used = astrometry.matches[astrometry.matches["used"]]
+        photometry_rows = chosen[np.asarray(photometry_matches(astrometry)["source_index"], int)]
         for flag, rows in (
-            ("calib_astrometry_used", astrometry_rows),
-            ("calib_photometry_used", astrometry_rows[np.asarray(zero_point.used, bool)]),
+            ("calib_astrometry_used", chosen[np.asarray(used["source_index"], int)]),
+            ("calib_photometry_used", photometry_rows[np.asarray(zero_point.used, bool)]),
         ):
             src[flag] = np.zeros(len(src), bool)
             src[flag][rows] = True
         summary = self._summary(exposure, astrometry, zero_point, len(src), data_id)
         summary.update(apcorr.summary())
+        summary.update(
+            {
+                "psf_source": str(exposure.metadata.get("PSFSRC", "fit")),
+                "astrometry_fallback": astrometry_fallback,
+                "photometry_source": photometry_source,
+            }
+        )
         exposure.metadata.update(
             {
                 "APCORR": summary["aperture_correction_mag"],
@@ -199,9 +229,78 @@ class CalibrateStage(Stage):
                 "ASTRRMS": summary["astrom_rms_mas"],
                 "SEEING": summary["seeing_arcsec"],
                 "DEPTH": summary["depth_mag"],
+                "ASTRFALL": astrometry_fallback,
+                "ZPSRC": photometry_source,
             }
         )
+        # JSON has no NaN: a figure that could not be measured (no star) is null
+        summary = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in summary.items()
+        }
         return {"calexp": exposure, "src": src, "summary": summary}
+
+    def _astrometry(
+        self, candidates: Table, refcat: Table, exposure: Exposure, epoch: float, data_id: Any
+    ) -> tuple[AstrometryResult, bool]:
+        """The WCS fit, or (``keep_wcs_fallback``) the input WCS when the fit finds too few
+        stars; and whether it fell back."""
+        cfg = self.config.astrometry
+        try:
+            result = calibrate_astrometry(
+                candidates, refcat, exposure.wcs, exposure.shape, epoch, cfg
+            )
+            return result, False
+        except DrpError as exc:
+            if not self.config.keep_wcs_fallback:
+                raise DrpError(f"calibrate {dict(data_id)}: astrometry: {exc}") from exc
+            log.info("calibrate %s: %s; the input WCS is kept", dict(data_id), exc)
+        return astrometry_without_fit(
+            candidates, refcat, exposure.wcs, exposure.shape, epoch, cfg
+        ), True
+
+    def _photometry(
+        self,
+        candidates: Table,
+        refcat: Table,
+        astrometry: AstrometryResult,
+        exposure: Exposure,
+        data_id: Any,
+    ) -> tuple[ZeroPointResult, str]:
+        """The zero point from the matched stars (the astrometric fit's, or all the matches
+        of a kept WCS), or the instrument's nominal one when they cannot give it
+        (``nominal_zero_point_fallback``); and its source, ``stars`` or ``nominal``."""
+        instrument, band = str(data_id["instrument"]), str(data_id["band"])
+        matches = photometry_matches(astrometry)
+        try:
+            result = calibrate_photometry(
+                candidates,
+                refcat,
+                np.asarray(matches["source_index"], int),
+                np.asarray(matches["ref_index"], int),
+                band,
+                color_term_for(instrument, band, refcat),
+                config=self.config.photometry,
+            )
+            return result, "stars"
+        except DrpError as exc:
+            nominal = None
+            if self.config.nominal_zero_point_fallback:
+                nominal = get_instrument(instrument).nominal_zero_point(band, exposure.metadata)
+            if nominal is None:
+                raise DrpError(f"calibrate {dict(data_id)}: photometry: {exc}") from exc
+            log.info("calibrate %s: %s; the nominal zero point is used", dict(data_id), exc)
+        exptime = float(exposure.metadata.get("EXPTIME", 1.0))
+        per_second, err = nominal
+        result = ZeroPointResult(
+            zero_point=per_second + 2.5 * math.log10(exptime),
+            zero_point_err=err,
+            n_used=0,
+            n_input=len(matches),
+            rms_mag=float("nan"),
+            used=np.zeros(len(matches), bool),
+        )
+        return result, "nominal"
 
     def _summary(self, exposure, astrometry, zero_point, n_sources, data_id) -> dict[str, Any]:
         ny, nx = exposure.shape

@@ -16,6 +16,7 @@ model) is attached to the exposure. ``icSrc`` is the first-pass catalog
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from astropy.table import Table
 
 from repo.errors import DrpError
 from repo.exposure import Exposure
-from repo.psf import FWHM_PER_SIGMA, GaussianPsf
+from repo.psf import FWHM_PER_SIGMA, GaussianPsf, Psf
 from stages.framework.base import Connection, Stage
 from stages.isr.stages import CAMERA, POST_ISR, VISIT_DIMS, camera_from_dataset
 from stages.measure.measurement import MeasurementConfig, detect_and_measure
@@ -33,6 +34,12 @@ from .background import background_to_table, estimate_background, subtract_backg
 from .cosmic_rays import CosmicRayConfig, reject_cosmic_rays
 from .psf_determination import PsfDeterminationConfig, determine_psf, optical_field
 
+INSTCAL = Connection(
+    "instcal",
+    VISIT_DIMS,
+    "Exposure",
+    doc="exposure reduced by another pipeline (DECam CP InstCal), as ingested",
+)
 IC_EXP = Connection(
     "icExp", VISIT_DIMS, "Exposure", doc="CR-repaired, background-subtracted image with its PSF"
 )
@@ -102,6 +109,21 @@ def min_optical_psf_sigma(camera: Any, detector: int, band: str, shape: tuple[in
     return float(np.min(fwhm)) / FWHM_PER_SIGMA
 
 
+@dataclass(frozen=True)
+class CharacterizeCpConfig(CharacterizeConfig):
+    """Options of :class:`CharacterizeCpStage` (``cosmic_rays`` and ``gaussian_fallback`` are
+    not used: the other pipeline repaired the cosmic rays, and the fallbacks are the
+    exposure's own PSF and seeing).
+
+    Parameters
+    ----------
+    use_input_psf : bool
+        Keep the exposure's own PSF (the CP's PSFEx model) instead of fitting one.
+    """
+
+    use_input_psf: bool = False
+
+
 class CharacterizeStage(Stage):
     """Cosmic rays, background and PSF of a post-ISR exposure."""
 
@@ -121,6 +143,26 @@ class CharacterizeStage(Stage):
         detector, band = int(data_id["detector"]), str(data_id["band"])
         min_sigma = min_optical_psf_sigma(cam, detector, band, exposure.shape)
         cr_mask, cr_sigma = reject_cosmic_rays(exposure, min_sigma, cfg.cosmic_rays)
+        exposure.metadata.update({"NCRPIX": int(cr_mask.sum()), "CRSIGMA": float(cr_sigma)})
+        optical = optical_field(cam, detector, band, exposure.shape)
+        fallbacks = (
+            [("gaussian", GaussianPsf(cr_sigma / CORE_FACTOR))] if cfg.gaussian_fallback else []
+        )
+        return self.characterize(exposure, optical, fallbacks)
+
+    def characterize(
+        self,
+        exposure: Exposure,
+        optical: Any,
+        fallbacks: list[tuple[str, Psf]],
+        *,
+        fit: bool = True,
+    ) -> dict[str, Any]:
+        """Background, first detection and measurement, and the PSF of a cosmic-ray-free
+        exposure; the outputs of the stage. ``fallbacks`` are the PSFs to use, in order, when
+        the detector has too few PSF stars for the fit (``(name, psf)``; none: the fit's error
+        is raised); ``fit=False`` takes the first one without a fit."""
+        cfg = self.config
         model, level = estimate_background(
             exposure,
             cfg.background_mesh,
@@ -130,9 +172,7 @@ class CharacterizeStage(Stage):
         )
         subtract_background(exposure, level)
         catalog = detect_and_measure(exposure, cfg.measurement)
-        optical = optical_field(cam, detector, band, exposure.shape)
-        exposure.metadata.update({"NCRPIX": int(cr_mask.sum()), "CRSIGMA": float(cr_sigma)})
-        stars = self._attach_psf(exposure, catalog, optical, cr_sigma)
+        stars = self._attach_psf(exposure, catalog, optical, fallbacks, fit)
         for flag, rows in psf_star_flags(stars).items():
             catalog[flag] = np.zeros(len(catalog), bool)
             catalog[flag][rows] = True
@@ -144,26 +184,41 @@ class CharacterizeStage(Stage):
         }
 
     def _attach_psf(
-        self, exposure: Exposure, catalog: Table, optical: Any, cr_sigma: float
+        self,
+        exposure: Exposure,
+        catalog: Table,
+        optical: Any,
+        fallbacks: list[tuple[str, Psf]],
+        fit: bool,
     ) -> Table:
-        """Fit the PSF (or fall back to a Gaussian), attach it, return the PSF-star table."""
+        """Fit the PSF (or take the first fallback), attach it, return the PSF-star table."""
         try:
+            if not fit:
+                raise DrpError("no PSF fit asked for")
             result = determine_psf(exposure, catalog, optical, self.config.psf)
         except DrpError as exc:
-            if not self.config.gaussian_fallback:
+            if not fallbacks:
                 raise
-            exposure.psf = GaussianPsf(cr_sigma / CORE_FACTOR)
-            exposure.metadata.update({"PSFFALLB": True, "PSFFWHM": exposure.psf.fwhm(0, 0)})
+            source, exposure.psf = fallbacks[0]
+            ny, nx = exposure.shape
+            exposure.metadata.update(
+                {
+                    "PSFFALLB": fit,  # a fallback, not a choice
+                    "PSFSRC": source,
+                    "PSFFWHM": float(exposure.psf.fwhm((nx - 1) / 2, (ny - 1) / 2)),
+                }
+            )
             stars = Table({name: np.zeros(0) for name in ("x", "y", "snr", "sizeResid")})
             stars["sourceIndex"] = np.zeros(0, int)
             stars["reserved"] = stars["used"] = stars["outlier"] = np.zeros(0, bool)
-            stars.meta["fallback"] = str(exc)
+            stars.meta["fallback"] = f"{exc}; PSF: {source}"
             return stars
         exposure.psf = result.psf
         summary = result.summary()
         exposure.metadata.update(
             {
                 "PSFFALLB": False,
+                "PSFSRC": "fit",
                 "PSFBETA": float(summary["beta"]),
                 "PSFNSTAR": int(summary["n_used"]),
                 "PSFNRES": int(summary["n_reserved"]),
@@ -174,6 +229,40 @@ class CharacterizeStage(Stage):
         stars = result.stars
         stars.meta.update({k: v for k, v in summary.items() if np.isscalar(v)})
         return stars
+
+
+class CharacterizeCpStage(CharacterizeStage):
+    """Background and PSF of an exposure reduced by another pipeline (DECam CP ``instcal``).
+
+    The instrument signature and cosmic rays were removed by that pipeline, and no camera
+    model of ours describes its optics: the PSF is fitted to the stars alone (no optical
+    part). With too few PSF stars, the exposure's own PSF (the CP's PSFEx model, attached at
+    ingest) is used, else a Gaussian of the header's seeing (``FWHM``, pixels); ``PSFSRC``
+    in the metadata says which (``fit``, ``input`` or ``seeing``). With ``use_input_psf`` the
+    exposure's own PSF is kept without a fit. When there is an input PSF, its FWHM at the
+    centre is kept as ``PSFINFW`` beside ours, a check of one against the other.
+    """
+
+    inputs = {"exposure": INSTCAL}
+    config_class = CharacterizeCpConfig
+
+    def run(self, exposure: Exposure, data_id: Any) -> dict[str, Any]:
+        cfg = self.config
+        fallbacks: list[tuple[str, Psf]] = []
+        ny, nx = exposure.shape
+        if exposure.psf is not None:
+            exposure.metadata["PSFINFW"] = float(exposure.psf.fwhm((nx - 1) / 2, (ny - 1) / 2))
+            fallbacks.append(("input", exposure.psf))
+        seeing = exposure.metadata.get("FWHM")
+        if isinstance(seeing, int | float) and math.isfinite(seeing) and seeing > 0:
+            fallbacks.append(("seeing", GaussianPsf(float(seeing) / FWHM_PER_SIGMA)))
+        if cfg.use_input_psf and exposure.psf is None:
+            raise DrpError(
+                f"characterize {dict(data_id)}: use_input_psf is set but the exposure has no "
+                "PSF (ingest its PSFEx file with it)"
+            )
+        exposure.psf = None
+        return self.characterize(exposure, None, fallbacks, fit=not cfg.use_input_psf)
 
 
 def psf_star_flags(stars: Table) -> dict[str, np.ndarray]:
