@@ -430,26 +430,41 @@ def report(
     jobs: int,
     storage_options: Sequence[str],
 ) -> None:
-    """Score the single-frame outputs in REPO against the simulator's truth.
+    """Score the single-frame outputs in REPO against the simulator's truth, and real DECam
+    outputs against the Legacy Surveys' CCD table when it is in the collections.
 
     Figures are null (n/a) where the datasets they need do not exist. The default collections
-    are those of drp demo: SimCam/runs/demo, SimCam/defaults.
+    are those of drp demo: SimCam/runs/demo, SimCam/defaults. Fallbacks (PSF not fitted, WCS
+    kept, nominal zero point) are counted.
 
     \b
     Examples:
       drp report ./drp-demo
       drp report ./drp-demo --plot report.png
       drp report ./drp-demo --collections u/me/sfp,SimCam/defaults --json
+      drp report ./decam --collections DECam/sfp,DECam/ccds   (after drp ingest of the
+                                                                survey-ccds table)
     """
     import json
 
     from stages.demo import DEFAULTS, DEMO_RUN
-    from stages.quality.report import collect_report, format_report
+    from stages.quality.external import compare_with_survey_ccds, format_survey_comparison
+    from stages.quality.report import REPORT_KEYS, collect_report, format_report
 
     r = open_repo(repo, storage_options)
-    data = collect_report(r, split_values(collections) or [DEMO_RUN, DEFAULTS], jobs=jobs)
+    chosen = split_values(collections) or [DEMO_RUN, DEFAULTS]
+    data = collect_report(r, chosen, jobs=jobs)
     scores = data.report
-    click.echo(json.dumps(scores, indent=1) if as_json else format_report(scores))
+    survey = compare_with_survey_ccds(r, chosen)
+    if as_json:
+        click.echo(json.dumps({**scores, "survey_ccds": survey}, indent=1))
+    else:
+        if survey is None or any(scores.get(key) is not None for key in REPORT_KEYS):
+            click.echo(format_report(scores))  # truth figures, unless none (real data)
+        else:
+            click.echo(format_report(scores).splitlines()[-1])  # the fallbacks
+        if survey is not None:
+            click.echo(format_survey_comparison(survey))
     if plot_path:
         from stages.quality.plots import plot_report
 

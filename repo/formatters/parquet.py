@@ -29,6 +29,8 @@ def _astropy_to_arrow(table: Any) -> pa.Table:
     for name in table.colnames:
         col = table[name]
         data = np.asarray(col)
+        if not data.dtype.isnative:
+            data = data.astype(data.dtype.newbyteorder("="))  # FITS is big-endian; Arrow is not
         mask = None
         if getattr(col, "mask", None) is not None and np.any(col.mask):
             mask = np.asarray(col.mask)

@@ -50,6 +50,7 @@ import fsspec
 import numpy as np
 from astropy.coordinates import Angle
 from astropy.io import fits
+from astropy.table import Table
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 from scipy.spatial import ConvexHull
@@ -94,6 +95,11 @@ CP_DQ_BITS: dict[int, str] = {1: "BAD", 2: "SAT", 4: "INTRP", 16: "CR", 64: "SAT
 
 #: legacypipe's merged PSFEx file of a CP image: ``<image stem>-psfex.fits``.
 _PSFEX_NAME = re.compile(r"^(?P<stem>c4d_\d{6}_\d{6}_ooi_[A-Za-z0-9]+_[A-Za-z0-9]+)-psfex\.fits$")
+#: The Legacy Surveys' CCD tables, and the columns drp reads from them.
+_SURVEY_CCDS_NAME = re.compile(r"^survey-ccds.*\.fits(?:\.gz)?$")
+SURVEY_CCDS_DATASET_TYPE = "surveyCcds"
+SURVEY_CCDS_COLUMNS = ("expnum", "ccdname", "filter", "exptime", "ccdzpt", "fwhm", "ccdraoff",
+                       "ccddecoff", "ccdnphotom", "ccdnastrom")  # fmt: skip
 _CP_NAME = re.compile(
     r"^(?P<prefix>c4d_\d{6}_\d{6})_oo(?P<kind>[idw])_(?P<suffix>[A-Za-z0-9]+_[A-Za-z0-9]+"
     r"(?:\.[NS]\d{1,2})?)\.fits(?:\.fz)?$"
@@ -355,7 +361,10 @@ class DECam(Instrument):
     def matches_file(cls, path: str, header: Mapping[str, Any]) -> bool:
         """DECam files by header, and the Legacy Surveys' PSFEx models by name
         (``<CP image stem>-psfex.fits``: their headers name no instrument)."""
-        return cls.matches_header(header) or bool(_PSFEX_NAME.match(os.path.basename(path)))
+        name = os.path.basename(path)
+        return cls.matches_header(header) or bool(
+            _PSFEX_NAME.match(name) or _SURVEY_CCDS_NAME.match(name)
+        )
 
     def ingest_items(self, paths: Sequence[str]) -> list[IngestItem]:
         """One ``instcal`` Exposure per CP triplet (image + weight + dq) and CCD.
@@ -365,12 +374,19 @@ class DECam(Instrument):
         files (legacypipe's ``<image stem>-psfex.fits``, one row per CCD) becomes the PSF of
         its image's Exposures, the CP's own PSF for stages to use or to check theirs against.
         """
-        psfex = {}
+        psfex, ccd_tables, images = {}, [], []
         for path in paths:
-            match = _PSFEX_NAME.match(os.path.basename(path))
-            if match:
+            name = os.path.basename(path)
+            if match := _PSFEX_NAME.match(name):
                 psfex[match["stem"]] = path
-        images = [path for path in paths if not _PSFEX_NAME.match(os.path.basename(path))]
+            elif _SURVEY_CCDS_NAME.match(name):
+                ccd_tables.append(path)
+            else:
+                images.append(path)
+        if len(ccd_tables) > 1:
+            raise DrpError(
+                f"{', '.join(ccd_tables)}: one survey-ccds table per run (ingest each into its own)"
+            )
         triplets = group_cp_files(images)
         stems = {os.path.basename(t.image).split(".")[0] for t in triplets}
         for stem, path in psfex.items():
@@ -406,6 +422,17 @@ class DECam(Instrument):
                     make=partial(read_cp_triplet, triplet, psfex=psf_path),
                     sources=(triplet.image, triplet.weight, triplet.dq)
                     + ((psf_path,) if psf_path else ()),
+                )
+            )
+        for path in ccd_tables:
+            items.append(
+                IngestItem(
+                    dataset_type=SURVEY_CCDS_DATASET_TYPE,
+                    dimensions=("instrument",),
+                    storage_class="Catalog",
+                    data_id={"instrument": self.name},
+                    make=partial(read_survey_ccds, path),
+                    sources=(path,),
                 )
             )
         return items
@@ -617,6 +644,31 @@ def _triplets_of_group(members: dict[str, str]) -> list[CpTriplet]:
         for extname, ccdnum in ccds.items()
         if ccdnum in _DETECTOR_BY_ID
     ]
+
+
+def read_survey_ccds(path: str | os.PathLike[str]) -> Table:
+    """Read a Legacy Surveys CCD table (``survey-ccds-*.fits.gz``): per-CCD zero points
+    (``ccdzpt``), seeing (``fwhm``, pixels) and astrometric offsets from Gaia (``ccdraoff``,
+    ``ccddecoff``, arcsec), keyed by ``expnum`` and ``ccdname``; strings stripped.
+
+    Raises :class:`DrpError` naming the file when it is unreadable or lacks those columns.
+    """
+    source = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            table = Table.read(source, hdu=1)
+    except FileNotFoundError:
+        raise StorageError(f"{source}: no such file") from None
+    except Exception as exc:
+        raise CorruptDatasetError(f"{source}: not a readable FITS table ({exc})") from exc
+    missing = [c for c in SURVEY_CCDS_COLUMNS if c not in table.colnames]
+    if missing:
+        raise DrpError(f"{source}: not a survey-ccds table (no column {', '.join(missing)})")
+    for name in table.colnames:
+        if table[name].dtype.kind in "SU":
+            table[name] = np.char.strip(np.asarray(table[name]).astype(str))
+    return table
 
 
 def read_cp_triplet(

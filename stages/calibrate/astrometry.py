@@ -584,6 +584,20 @@ def astrometry_without_fit(
     )
 
 
+def reference_stars_on_image(refcat: Table, wcs: WCS, shape: tuple[int, int]) -> int:
+    """How many reference stars fall on the image's pixels through ``wcs``."""
+    ny, nx = shape
+    ra, dec = wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
+    radius = 0.5 * math.hypot(nx, ny) * pixel_scale_arcsec(wcs) / 3600.0
+    near = region_mask(refcat, float(ra[0]), float(dec[0]), 1.05 * radius + 1e-3)
+    if not near.any():
+        return 0
+    x, y = wcs.all_world2pix(
+        np.asarray(refcat["ra"], float)[near], np.asarray(refcat["dec"], float)[near], 0
+    )
+    return int(np.sum((x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)))
+
+
 def add_sky_coordinates(sources: Table, wcs: WCS) -> Table:
     """A copy of ``sources`` with ``coord_ra`` and ``coord_dec`` (deg) from ``x``, ``y``."""
     out = sources.copy()

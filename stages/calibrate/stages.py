@@ -48,6 +48,7 @@ from .astrometry import (
     astrometry_without_fit,
     calibrate_astrometry,
     pixel_scale_arcsec,
+    reference_stars_on_image,
 )
 from .photometry import (
     PhotometryConfig,
@@ -218,6 +219,9 @@ class CalibrateStage(Stage):
                 "psf_source": str(exposure.metadata.get("PSFSRC", "fit")),
                 "astrometry_fallback": astrometry_fallback,
                 "photometry_source": photometry_source,
+                "reference_stars_on_image": reference_stars_on_image(
+                    refcat, astrometry.wcs, exposure.shape
+                ),
             }
         )
         exposure.metadata.update(

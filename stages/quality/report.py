@@ -71,6 +71,7 @@ from stages.characterize import psf_model  # noqa: F401  (registers the OPTATM P
 from stages.framework.executors import prepare_worker_process
 from stages.isr.calibration_products import CalibrationProduct
 from stages.isr.stages import camera_from_dataset
+from stages.quality.external import fallback_counts, summaries
 from stages.simulate.truth import masks_from_hdulist
 
 #: Columns of the matched bright stars (:func:`collect_report`).
@@ -279,6 +280,7 @@ def collect_report(repo: Repository, collections: list[str], *, jobs: int = 0) -
     report["n_calexps"] = len(calexp_refs)
     psf_stars = _psf_stars(repo, collections)
     report.update(_psf_residuals(psf_stars))
+    report.update(fallback_counts(summaries(repo, collections)))
     conditions = _find(repo, "truthVisitConditions", {}, collections)
     if not calexp_refs or conditions is None:
         report["calexps"] = []
@@ -563,4 +565,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(line.rstrip())
     known = [v for v in met.values() if v is not None]
     lines.append(f"goals met: {sum(known)} of {len(known)}")
+    if "n_psf_not_fitted" in report:
+        lines.append(
+            f"fallbacks: PSF not fitted {report['n_psf_not_fitted']}, WCS kept "
+            f"{report['n_wcs_kept']}, nominal zero point {report['n_zero_point_nominal']}"
+        )
     return "\n".join(lines)
