@@ -12,6 +12,10 @@ table; a first detection and measurement without PSF follows, then the PSF
 model) is attached to the exposure. ``icSrc`` is the first-pass catalog
 (``calib_psf_candidate``, ``calib_psf_used``, ``calib_psf_reserved`` mark the PSF stars) and
 ``icPsfStars`` the PSF stars with their model residuals (reserved stars validate the model).
+
+:class:`CharacterizeCpStage` does the same for exposures another pipeline reduced (DECam CP
+``instcal``, pipeline ``drp-cp``): no cosmic-ray pass and no optical model, and the exposure's own
+PSF (the CP's PSFEx model) as the fallback of the fit, then a Gaussian of its header seeing.
 """
 
 from __future__ import annotations
