@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from . import decam, simcam  # noqa: F401
+from . import decam, imagers, simcam  # noqa: F401

@@ -59,6 +59,13 @@ def mjd_to_epoch(mjd: float) -> float:
     return 2000.0 + (float(mjd) - MJD_J2000) / JULIAN_YEAR_DAYS
 
 
+def empty_refcat() -> Table:
+    """A reference catalog without stars (the columns of :data:`REQUIRED_COLUMNS`)."""
+    return Table(
+        {name: np.zeros(0, np.int64 if name == "id" else float) for name in REQUIRED_COLUMNS}
+    )
+
+
 def check_refcat(refcat: Table, what: str = "reference catalog") -> None:
     """Raise :class:`DrpError` naming ``what`` if ``refcat`` lacks a required column."""
     missing = [name for name in REQUIRED_COLUMNS if name not in refcat.colnames]

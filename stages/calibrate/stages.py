@@ -57,7 +57,7 @@ from .photometry import (
     calibrate_photometry,
     color_term_for,
 )
-from .refcat import mjd_to_epoch
+from .refcat import empty_refcat, mjd_to_epoch
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class CalibrateStage(Stage):
     config_class = CalibrateConfig
 
     def run(
-        self, exposure: Exposure, sources: Table, refcat: Table, data_id: Any
+        self, exposure: Exposure, sources: Table, refcat: Table | None, data_id: Any
     ) -> dict[str, Any]:
         cfg = self.config
         if exposure.wcs is None or exposure.psf is None:
@@ -219,9 +219,9 @@ class CalibrateStage(Stage):
                 "psf_source": str(exposure.metadata.get("PSFSRC", "fit")),
                 "astrometry_fallback": astrometry_fallback,
                 "photometry_source": photometry_source,
-                "reference_stars_on_image": reference_stars_on_image(
-                    refcat, astrometry.wcs, exposure.shape
-                ),
+                "reference_stars_on_image": None
+                if refcat is None
+                else reference_stars_on_image(refcat, astrometry.wcs, exposure.shape),
             }
         )
         exposure.metadata.update(
@@ -245,11 +245,20 @@ class CalibrateStage(Stage):
         return {"calexp": exposure, "src": src, "summary": summary}
 
     def _astrometry(
-        self, candidates: Table, refcat: Table, exposure: Exposure, epoch: float, data_id: Any
+        self,
+        candidates: Table,
+        refcat: Table | None,
+        exposure: Exposure,
+        epoch: float,
+        data_id: Any,
     ) -> tuple[AstrometryResult, bool]:
         """The WCS fit, or (``keep_wcs_fallback``) the input WCS when the fit finds too few
         stars; and whether it fell back."""
         cfg = self.config.astrometry
+        if refcat is None:  # an image calibrated by its survey: its WCS is the one
+            return astrometry_without_fit(
+                candidates, empty_refcat(), exposure.wcs, exposure.shape, epoch, cfg
+            ), False
         try:
             result = calibrate_astrometry(
                 candidates, refcat, exposure.wcs, exposure.shape, epoch, cfg
@@ -266,7 +275,7 @@ class CalibrateStage(Stage):
     def _photometry(
         self,
         candidates: Table,
-        refcat: Table,
+        refcat: Table | None,
         astrometry: AstrometryResult,
         exposure: Exposure,
         data_id: Any,
@@ -276,6 +285,17 @@ class CalibrateStage(Stage):
         (``nominal_zero_point_fallback``); and its source, ``stars`` or ``nominal``."""
         instrument, band = str(data_id["instrument"]), str(data_id["band"])
         matches = photometry_matches(astrometry)
+        if refcat is None:  # an image calibrated by its survey: its PhotoCalib is the one
+            calib = exposure.photo_calib
+            err = 2.5 / math.log(10) * calib.calibration_err / calib.calibration_mean
+            return ZeroPointResult(
+                zero_point=calib.zero_point,
+                zero_point_err=err,
+                n_used=0,
+                n_input=0,
+                rms_mag=float("nan"),
+                used=np.zeros(len(matches), bool),
+            ), "input"
         try:
             result = calibrate_photometry(
                 candidates,
@@ -332,3 +352,16 @@ class CalibrateStage(Stage):
             "n_sources": int(n_sources),
             "background_mean": float(exposure.metadata.get("BGMEAN", float("nan"))),
         }
+
+
+class CalibrateImageStage(CalibrateStage):
+    """Measurement of an image its survey calibrated (``image``, pipeline ``drp-image``):
+    PSF and aperture fluxes, aperture correction and classification as for any calexp, with
+    the image's own WCS and PhotoCalib kept (no reference catalog; ``ZPSRC`` = ``input``)."""
+
+    inputs = {"exposure": IC_EXP, "sources": IC_SRC}
+
+    def run(self, exposure: Exposure, sources: Table, data_id: Any) -> dict[str, Any]:
+        if exposure.photo_calib is None:
+            raise DrpError(f"calibrate {dict(data_id)}: the image has no PhotoCalib")
+        return super().run(exposure, sources, None, data_id)

@@ -44,6 +44,12 @@ INSTCAL = Connection(
     "Exposure",
     doc="exposure reduced by another pipeline (DECam CP InstCal), as ingested",
 )
+IMAGE = Connection(
+    "image",
+    VISIT_DIMS,
+    "Exposure",
+    doc="calibrated image of another survey (2MASS, SDSS, Spitzer), as ingested",
+)
 IC_EXP = Connection(
     "icExp", VISIT_DIMS, "Exposure", doc="CR-repaired, background-subtracted image with its PSF"
 )
@@ -279,3 +285,10 @@ def psf_star_flags(stars: Table) -> dict[str, np.ndarray]:
         "calib_psf_used": index[np.asarray(stars["used"], bool)],
         "calib_psf_reserved": index[np.asarray(stars["reserved"], bool)],
     }
+
+
+class CharacterizeImageStage(CharacterizeCpStage):
+    """:class:`CharacterizeCpStage` for the calibrated images of other surveys (``image``:
+    2MASS atlas tiles, SDSS frames, Spitzer mosaics; pipeline ``drp-image``)."""
+
+    inputs = {"exposure": IMAGE}

@@ -252,9 +252,13 @@ def kron_fluxes(
     mask = None if ignore is None else _native(ignore, np.uint8)
     x, y = objects["x"], objects["y"]
     a, b, theta = objects["a"], objects["b"], objects["theta"]
+    # a degenerate shape (b = 0, as sep gives a one-pixel-wide detection) is no ellipse: sep
+    # refuses the whole call, so such sources get a unit circle and the flag
+    shaped = np.isfinite(a) & np.isfinite(b) & np.isfinite(theta) & (b > 0) & (a >= b)
+    a, b, theta = np.where(shaped, a, 1.0), np.where(shaped, b, 1.0), np.where(shaped, theta, 0.0)
     radius, rflag = sep.kron_radius(image, x, y, a, b, theta, 6.0, mask=mask)
     scale = np.maximum(kron_factor * radius, kron_min_radius)
-    bad = ~(scale > 0)
+    bad = ~(scale > 0) | ~shaped
     scale = np.where(bad, 1.0, scale)
     flux, err, fflag = sep.sum_ellipse(
         image, x, y, a, b, theta, r=scale, var=variance, mask=mask, subpix=subpix
