@@ -13,8 +13,8 @@ converted to nanojansky (AB):
   ``1e15 * pixel solid angle`` nJy per pixel. Their WCS may be Galactic: the footprints stored
   in the registry are converted to ICRS, the WCS is kept as it is.
 
-The variance is the sky noise of the image (a robust sigma of its pixels, 3-sigma clipped),
-plus the Poisson term of the sources when the header gives a gain; ``NO_DATA`` marks
+The variance is the sky noise of the image (the header's ``SKYSIG`` when it has one, else a
+robust sigma of its pixels, 3-sigma clipped, which nebulosity raises), plus the Poisson term of the sources when the header gives a gain; ``NO_DATA`` marks
 non-finite pixels, ``SAT`` those at or above ``SATURATE`` when given. One file is one visit of
 detector 0; the visit id is built from the survey's own identifiers (2MASS: date, scan and
 frame of the file name; SDSS: run, camcol, field and band; Spitzer: ``AORKEY`` or the file
@@ -253,7 +253,10 @@ class Spitzer(CalibratedImager):
             return f"I{channel}"
         wavelength = header.get("WAVELEN")
         for known, band in self._BAND_BY_WAVELENGTH.items():
-            if isinstance(wavelength, int | float) and abs(float(wavelength) - known) < 0.3:
+            if (
+                isinstance(wavelength, int | float)
+                and abs(float(wavelength) - known) < 0.05 * known
+            ):
                 return band
         raise DimensionRecordError(f"{path}: cannot tell the Spitzer band (CHNLNUM or WAVELEN)")
 
@@ -294,6 +297,9 @@ def read_calibrated_image(instrument: CalibratedImager, path: str) -> Exposure:
     if not finite.any():
         raise DrpError(f"{path}: no finite pixel")
     _, median, sigma = sigma_clipped_stats(image[finite], sigma=3.0, maxiters=5)
+    skysig = header.get("SKYSIG")  # the survey's own sky noise (2MASS), better in a nebula
+    if isinstance(skysig, int | float) and math.isfinite(skysig) and skysig > 0:
+        sigma = float(skysig)
     variance = np.full(image.shape, float(sigma) ** 2, np.float32)
     gain = header.get("GAIN")
     if isinstance(gain, int | float) and gain > 0:
