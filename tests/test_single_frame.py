@@ -370,6 +370,7 @@ def test_characterize_falls_back_to_a_gaussian_without_psf_stars(kept):
     )
     exposure = out["ic_exp"]
     assert isinstance(exposure.psf, GaussianPsf) and exposure.metadata["PSFFALLB"] is True
+    assert exposure.metadata["PSFSRC"] == "gaussian"
     assert len(out["psf_stars"]) == 0 and "usable PSF stars" in out["psf_stars"].meta["fallback"]
     # the fallback's width is the stars' measured core: within 15% of the fitted model's FWHM
     centre = (exposure.shape[1] / 2.0, exposure.shape[0] / 2.0)
