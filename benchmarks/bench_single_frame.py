@@ -100,7 +100,9 @@ def run_detector(repo: Repository, data_id: dict, profiler: cProfile.Profile | N
 
     start = time.perf_counter()
     exposure = repo.get("icExp", data_id, collections=[SCRATCH_RUN])
-    refcat = get("refcat", {})
+    refcat = {
+        ref.data_id: repo.get(ref) for ref in repo.query_datasets("refcat", collections=INPUTS)
+    }
     seconds["calibrate read"] = time.perf_counter() - start
     sources = repo.get("icSrc", data_id, collections=[SCRATCH_RUN])
     out = compute(

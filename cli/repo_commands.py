@@ -158,23 +158,27 @@ def ingest_refcat(
 
     The files are Gaia tables with the archive's column names (DR2, EDR3 or DR3: positions,
     proper motions, their errors and epoch, G/BP/RP magnitudes), such as legacypipe's
-    chunk-NNNNN.fits shards. The stars are stored in one catalog sorted by HEALPix pixel
-    (column healpix); pass its run as an --input of `drp run`.
+    chunk-NNNNN.fits shards. The stars are stored in HEALPix shards (dimension healpix7,
+    ~0.46 deg pixels): a calibration quantum reads those its detector overlaps. Pass the
+    run as an --input of `drp run`.
 
     Example: drp ingest-refcat ./myrepo gaia/chunk-*.fits --run refcats/gaia
     """
-    from stages.calibrate.refcat import read_gaia_shards, sort_by_healpix
+    from stages.calibrate.refcat import (
+        REFCAT_HEALPIX_ORDER,
+        put_refcat_shards,
+        read_gaia_shards,
+    )
 
     r = open_repo(repo, storage_options)
-    refcat = sort_by_healpix(read_gaia_shards(list(files)))
-    r.register_dataset_type(dataset_type, [], "Catalog")
-    with r.transaction():
-        r.put(refcat, dataset_type, {}, run=run, mode="skip" if skip_existing else "error")
+    refcat = read_gaia_shards(list(files))
+    mode = "skip" if skip_existing else "error"
+    n_shards = put_refcat_shards(r, refcat, dataset_type, run, mode=mode)
     epochs = sorted({float(e) for e in refcat["epoch"]})
     click.echo(
         f"ingested {len(refcat)} reference stars from {len(files)} file(s) into {run} as "
-        f"{dataset_type} (epoch {', '.join(f'{e:g}' for e in epochs)}; "
-        f"healpix order {refcat.meta['healpix_order']})"
+        f"{dataset_type}: {n_shards} HEALPix shard(s) of order {REFCAT_HEALPIX_ORDER} "
+        f"(epoch {', '.join(f'{e:g}' for e in epochs)})"
     )
 
 

@@ -133,6 +133,14 @@ DIMENSIONS: tuple[Dimension, ...] = (
     ),
     Dimension("band", "str", (), (), (), "An abstract filter band (g, r, i ...)."),
     Dimension(
+        "healpix7",
+        "int",
+        (),
+        (),
+        (),
+        "A HEALPix pixel (nested, order 7: ~0.46 deg), the shard of a reference catalog.",
+    ),
+    Dimension(
         "physical_filter",
         "str",
         ("instrument",),
@@ -208,6 +216,7 @@ PARTITION_ORDER: tuple[str, ...] = (
     "skymap",
     "tract",
     "patch",
+    "healpix7",
     "band",
     "visit",
     "detector",

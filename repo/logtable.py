@@ -178,9 +178,15 @@ class LogTable:
         return self._conformed(table)
 
     def _conformed(self, table: pa.Table) -> pa.Table:
-        """The table with exactly this log's columns and types (a no-op when it has them)."""
+        """The table with exactly this log's columns and types (a no-op when it has them).
+
+        A column the file lacks (written before a dimension was added to the universe) is
+        null in all its rows, which is what it was."""
         if table.schema.equals(self.schema):
             return table
+        for field in self.schema:
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
         return table.select(self.schema.names).cast(self.schema)
 
     def _merge(self, frames: list[pl.DataFrame]) -> None:

@@ -42,6 +42,7 @@ from repo.registry import Provenance
 from repo.repository import Repository
 from stages.simulate.truth import masks_to_hdulist
 
+from .calibrate.refcat import REFCAT_SHARD_DIMENSION, put_refcat_shards
 from .framework.executors import prepare_worker_process
 from .simulate import SurveyConfig, make_plan, make_sky, simulate_calibration_frames, simulate_raw
 
@@ -63,7 +64,7 @@ DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "truthMask": (("instrument", "visit", "detector"), "Fits"),
     "camera": (("instrument",), "StructuredData"),
     "surveyConfig": ((), "StructuredData"),
-    "refcat": ((), "Catalog"),
+    "refcat": ((REFCAT_SHARD_DIMENSION,), "Catalog"),
     "truthStars": ((), "Catalog"),
     "truthGalaxies": ((), "Catalog"),
     "truthTransients": ((), "Catalog"),
@@ -143,7 +144,7 @@ def setup_repository(repo: Repository, config: SurveyConfig) -> list[tuple[int, 
             run=TRUTH_RUN,
             mode="skip",
         )
-        repo.put(sky.refcat, "refcat", {}, run=REFCAT_RUN, mode="skip")
+        put_refcat_shards(repo, sky.refcat, "refcat", REFCAT_RUN, mode="skip")
         for name, table in (
             ("truthStars", sky.stars),
             ("truthGalaxies", sky.galaxies),

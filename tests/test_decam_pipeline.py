@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
+from astropy_healpix import HEALPix
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -208,13 +210,21 @@ def test_ingest_refcat_sorts_by_healpix_and_refuses_bad_files(tmp_path):
     drp("create", root)
     shards = sorted(TC6.glob("gaia/*.fits"))
     out = drp("ingest-refcat", root, *shards).output
-    assert "ingested 1010 reference stars from 2 file(s) into refcats/gaia as refcat" in out
-    refcat = Repository(str(root)).get("refcat", {}, collections="refcats/gaia")
+    assert (
+        "ingested 1010 reference stars from 2 file(s) into refcats/gaia as refcat: 3 HEALPix "
+        "shard(s) of order 7 (epoch 2015.5)" in out
+    )
+    repo = Repository(str(root))
+    refs = repo.query_datasets("refcat", collections="refcats/gaia")
     direct = read_gaia_shards(shards)
-    assert len(refcat) == len(direct) and set(refcat["id"]) == set(direct["id"])
-    assert np.all(np.diff(np.asarray(refcat["healpix"])) >= 0)
-    assert refcat.meta["healpix_order"] == 7
-    assert len(np.unique(refcat["healpix"])) >= 2  # the shards cover several pixels
+    pixels = HEALPix(nside=128, order="nested").lonlat_to_healpix(
+        np.asarray(direct["ra"]) * u.deg, np.asarray(direct["dec"]) * u.deg
+    )
+    assert sorted(ref.data_id["healpix7"] for ref in refs) == sorted(set(pixels.tolist()))
+    for ref in refs:  # each shard holds exactly the stars of its pixel
+        shard = repo.get(ref)
+        expected = set(np.asarray(direct["id"])[pixels == ref.data_id["healpix7"]])
+        assert set(shard["id"]) == expected and np.all(shard["healpix"] == ref.data_id["healpix7"])
     # a file that is no Gaia table
     bad = tmp_path / "bad.fits"
     Table({"ra": [1.0], "dec": [2.0]}).write(bad)
@@ -283,3 +293,32 @@ def _refcat(ra: np.ndarray, dec: np.ndarray) -> Table:
             "epoch": zeros + 2016.0,
         }
     )  # fmt: skip
+
+
+def test_each_calibrate_quantum_reads_the_shards_its_ccd_overlaps(processed):
+    from stages.framework.graph import build_graph
+    from stages.framework.overlaps import healpix_cover, parse_vertices
+    from stages.framework.pipeline import Pipeline
+
+    repo, _root = processed
+    graph = build_graph(
+        repo,
+        Pipeline.load("drp-cp#singleFrame"),
+        output_run="u/graph",
+        inputs=["DECam/tc6", "refcats/tc6"],
+    )
+    regions = {
+        (r["visit"], r["detector"]): r["region"]
+        for r in repo.query_dimension_records("visit_detector_region")
+    }
+    shards = {ref.id: ref for ref in repo.query_datasets("refcat", collections="refcats/tc6")}
+    hp = HEALPix(nside=128, order="nested")
+    calibrate = [q for q in graph.quanta.values() if q.label == "calibrate"]
+    assert len(calibrate) == 6
+    for quantum in calibrate:
+        polygon = parse_vertices(regions[(quantum.data_id["visit"], quantum.data_id["detector"])])
+        given = {shards[ref.id].data_id["healpix7"] for ref in quantum.inputs["refcat"]}
+        wanted = set(healpix_cover([polygon], 7)) & {r.data_id["healpix7"] for r in shards.values()}
+        assert given == wanted
+        centre = hp.lonlat_to_healpix(polygon[:, 0].mean() * u.deg, polygon[:, 1].mean() * u.deg)
+        assert int(centre) in given and len(given) < len(shards)  # not the whole catalog

@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -142,9 +143,10 @@ def _variable_flags(column: np.ndarray) -> np.ndarray:
     return text == "VARIABLE"
 
 
-#: HEALPix order (nested) of the ``healpix`` column of an ingested reference catalog: pixels of
-#: ~0.46 deg, a few per CCD field of view, the rows of one pixel stored together.
+#: HEALPix order (nested) of the shards of a reference catalog: the ``healpix7`` dimension,
+#: pixels of ~0.46 deg (a few per CCD field of view), as Rubin shards by HTM level 7.
 REFCAT_HEALPIX_ORDER = 7
+REFCAT_SHARD_DIMENSION = "healpix7"
 
 
 def sort_by_healpix(refcat: Table, order: int = REFCAT_HEALPIX_ORDER) -> Table:
@@ -163,6 +165,40 @@ def sort_by_healpix(refcat: Table, order: int = REFCAT_HEALPIX_ORDER) -> Table:
     out["healpix"] = np.sort(pixels).astype(np.int64)
     out.meta["healpix_order"] = int(order)
     return out
+
+
+def healpix_shards(refcat: Table, order: int = REFCAT_HEALPIX_ORDER) -> dict[int, Table]:
+    """The catalog split by HEALPix pixel: ``{pixel: rows}`` (:func:`sort_by_healpix`)."""
+    ordered = sort_by_healpix(refcat, order)
+    pixels = np.asarray(ordered["healpix"])
+    starts = np.flatnonzero(np.r_[True, pixels[1:] != pixels[:-1]])
+    ends = np.r_[starts[1:], len(pixels)]
+    return {int(pixels[a]): ordered[a:b] for a, b in zip(starts, ends, strict=True)}
+
+
+def put_refcat_shards(
+    repo: Any, refcat: Table, dataset_type: str, run: str, *, mode: str = "error"
+) -> int:
+    """Store a reference catalog as HEALPix shards (:func:`healpix_shards`), one dataset per
+    pixel with stars, registering the dataset type and the pixels; returns the shard count.
+    Inside the caller's transaction, if any."""
+    shards = healpix_shards(refcat)
+    repo.register_dataset_type(dataset_type, [REFCAT_SHARD_DIMENSION], "Catalog")
+    repo.insert_dimension_records(REFCAT_SHARD_DIMENSION, [{"id": p} for p in shards])
+    with repo.transaction():
+        for pixel, shard in shards.items():
+            repo.put(shard, dataset_type, {REFCAT_SHARD_DIMENSION: pixel}, run=run, mode=mode)
+    return len(shards)
+
+
+def join_shards(refcat: Table | Mapping[Any, Table]) -> Table:
+    """One catalog from the shards a stage receives (``{dataId: Table}``), or the table itself."""
+    if isinstance(refcat, Table):
+        return refcat
+    tables = list(refcat.values())
+    if not tables:
+        raise DrpError("no reference catalog shard covers this image")
+    return tables[0] if len(tables) == 1 else vstack(tables, metadata_conflicts="silent")
 
 
 def region_mask(refcat: Table, ra: float, dec: float, radius_deg: float) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,7 @@ from .photometry import (
     calibrate_photometry,
     color_term_for,
 )
-from .refcat import empty_refcat, mjd_to_epoch
+from .refcat import REFCAT_SHARD_DIMENSION, empty_refcat, join_shards, mjd_to_epoch
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,14 @@ SRC = Connection("src", VISIT_DIMS, "Catalog", doc="sources: coord_ra/coord_dec,
 SUMMARY = Connection(
     "calexpSummary", VISIT_DIMS, "StructuredData", doc="seeing, zero point, depth, astrometry"
 )
-REFCAT = Connection("refcat", (), "Catalog", prerequisite=True, doc="astrometric/photometric refs")
+REFCAT = Connection(
+    "refcat",
+    (REFCAT_SHARD_DIMENSION,),
+    "Catalog",
+    prerequisite=True,
+    multiple=True,
+    doc="astrometric/photometric reference stars, the HEALPix shards that cover the detector",
+)
 
 #: Source flags that keep a source out of the astrometric and photometric fits.
 CALIBRATION_EXCLUDED_FLAGS = (
@@ -173,9 +181,15 @@ class CalibrateStage(Stage):
     config_class = CalibrateConfig
 
     def run(
-        self, exposure: Exposure, sources: Table, refcat: Table | None, data_id: Any
+        self,
+        exposure: Exposure,
+        sources: Table,
+        refcat: Table | Mapping[Any, Table] | None,
+        data_id: Any,
     ) -> dict[str, Any]:
         cfg = self.config
+        if refcat is not None:
+            refcat = join_shards(refcat)
         if exposure.wcs is None or exposure.psf is None:
             raise DrpError(f"calibrate {dict(data_id)}: the exposure has no WCS or no PSF")
         catalog = measure_psf_fluxes(sources, exposure, cfg.measurement)

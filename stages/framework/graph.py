@@ -60,6 +60,8 @@ from .status import mark_statuses
 from .where_filter import WhereFilter
 
 _MAX_LISTED = 5
+#: The HEALPix dimension of sharded prerequisites (reference catalogs) and its order.
+HEALPIX_DIMENSION, HEALPIX_ORDER = "healpix7", 7
 
 
 class NothingSelectedError(PipelineError):
@@ -104,6 +106,7 @@ class _Builder:
         self.skymap_name = skymap_name
         self._skymap: RingsSkyMap | None = None
         self._overlaps: RegionOverlaps | None = None
+        self._regions: RegionOverlaps | None = None
         self.search = self._search_path()
         self.producers = pipeline.producers()
         self.available: dict[str, list[_Candidate]] = {}
@@ -135,6 +138,15 @@ class _Builder:
         if self._overlaps is None:
             self._overlaps = RegionOverlaps.from_repository(self.repo, self.skymap())
         return self._overlaps
+
+    def regions(self) -> RegionOverlaps:
+        """The visits' and detectors' regions, for relations that need no sky map (HEALPix
+        shards); the sky map's overlaps when they are loaded already."""
+        if self._overlaps is not None:
+            return self._overlaps
+        if self._regions is None:
+            self._regions = RegionOverlaps.from_repository(self.repo, None)
+        return self._regions
 
     def _overlaps_and_name(self) -> tuple[RegionOverlaps, str]:
         return self.overlaps(), self.skymap().name
@@ -376,7 +388,11 @@ class _Builder:
         """Shared direct keys, sky keys, and prerequisite refs indexed by the direct keys."""
         direct = [n for n in conn.group.names if n in quantum.names]
         sky = (
-            [n for n in ("tract", "patch") if n in conn.group.names and n not in quantum.names]
+            [
+                n
+                for n in ("tract", "patch", HEALPIX_DIMENSION)
+                if n in conn.group.names and n not in quantum.names
+            ]
             if "visit" in quantum.names
             else []
         )
@@ -419,7 +435,11 @@ class _Builder:
         for name, (direct, sky, index) in prereq_index.items():
             cands = index.get(tuple(values.get(n) for n in direct), [])
             covered = True
-            if sky:
+            if sky == [HEALPIX_DIMENSION]:
+                # the shards of the pixels it overlaps: a pixel without stars has none
+                pixels = set(self.regions().healpix_pixels(values, HEALPIX_ORDER))
+                cands = [c for c in cands if c.values.get(HEALPIX_DIMENSION) in pixels]
+            elif sky:
                 # every tract (or patch) the quantum overlaps must have its dataset
                 wanted = {tp if "patch" in sky else tp[0] for tp in self.overlaps().patches(values)}
                 skymap = self.skymap().name

@@ -1,4 +1,5 @@
-"""Which tracts and patches of a sky map each visit and detector overlaps.
+"""Which tracts and patches of a sky map, and which HEALPix pixels (reference catalog shards),
+each visit and detector overlaps.
 
 Graph building relates visit/detector datasets to tract/patch quanta through sky regions: the
 footprint of each detector in each visit (``visit_detector_region`` records, JSON lists of
@@ -190,7 +191,7 @@ class RegionOverlaps:
         self,
         detector_regions: Mapping[tuple[str, int], Mapping[int, Any]],
         visit_regions: Mapping[tuple[str, int], Any],
-        skymap: RingsSkyMap,
+        skymap: RingsSkyMap | None,
     ):
         self.detector_regions = detector_regions
         self.visit_regions = visit_regions
@@ -199,7 +200,7 @@ class RegionOverlaps:
         self._boxes: dict[int, NDArray[np.int64]] = {}
 
     @classmethod
-    def from_repository(cls, repo: Any, skymap: RingsSkyMap) -> RegionOverlaps:
+    def from_repository(cls, repo: Any, skymap: RingsSkyMap | None) -> RegionOverlaps:
         """Read every detector and visit region of a repository."""
         detectors: dict[tuple[str, int], dict[int, str]] = {}
         frame = repo.registry.dimension_records("visit_detector_region")
@@ -232,6 +233,16 @@ class RegionOverlaps:
         if detector is not None and detector in by_detector:
             return by_detector[detector]
         return by_detector[None]
+
+    def healpix_pixels(self, data_id: Mapping[str, Any], order: int) -> tuple[int, ...]:
+        """HEALPix pixels (nested, ``order``) that may overlap a dataId with instrument and
+        visit (and detector): those within the circle around its polygons, a superset of the
+        exact answer (a shard too many costs a read, none too few)."""
+        detectors, polygons = self._polygons(data_id["instrument"], data_id["visit"])
+        detector = data_id.get("detector")
+        if detector is not None and detector in detectors:
+            polygons = [polygons[detectors.index(detector)]]
+        return healpix_cover(polygons, order)
 
     def prepare(self, visits: Iterable[tuple[str, int]]) -> None:
         """Compute the overlaps of many visits at once (much faster than one by one).
@@ -286,6 +297,24 @@ class RegionOverlaps:
         result[None] = tuple(sorted({tp for f in found for tp in f}))
         self._visits[key] = result
         return result
+
+
+def healpix_cover(polygons: Sequence[NDArray[np.float64]], order: int) -> tuple[int, ...]:
+    """Nested HEALPix pixels at ``order`` within the smallest circle about the polygons'
+    mean vertex that holds them all (astropy-healpix's cone search, which returns every pixel
+    the circle touches)."""
+    from astropy import units as u
+    from astropy_healpix import HEALPix
+
+    ra, dec = _center(polygons)
+    vertices = np.concatenate(polygons)
+    centre = radec_to_xyz(ra, dec)
+    cosines = np.clip(radec_to_xyz(vertices[:, 0], vertices[:, 1]) @ centre, -1.0, 1.0)
+    radius = float(np.degrees(np.arccos(cosines.min())))
+    pixels = HEALPix(nside=2**order, order="nested").cone_search_lonlat(
+        ra * u.deg, dec * u.deg, radius * u.deg
+    )
+    return tuple(sorted(int(p) for p in pixels))
 
 
 def _center(polygons: Sequence[NDArray[np.float64]]) -> tuple[float, float]:
