@@ -12,6 +12,11 @@ and ``dec_err`` (mas, on the sky), ``pm_ra`` (mu_alpha*, includes cos dec) and `
 sky, the same model the simulator uses; parallax is ignored) and grows the position errors by
 the proper-motion errors times the time span. :func:`mjd_to_epoch` converts an MJD to a Julian
 year (J2000.0 = MJD 51544.5).
+
+In a repository a reference catalog is sharded by HEALPix pixel (:func:`put_refcat_shards`,
+dimension ``healpix7``, as Rubin's refcats are by HTM level 7): the quantum graph gives each
+calibration quantum the shards its detector may overlap, and :func:`join_shards` makes them
+one table again.
 """
 
 from __future__ import annotations
