@@ -100,14 +100,15 @@ class LogTable:
         table = self._conformed(table)
         sink = pa.BufferOutputStream()
         if merged:
-            # No statistics or dictionaries: only pyarrow reads these files, whole, and without
-            # them a merge writes ~1.7x faster and the file is no bigger (zstd does the work).
+            # No dictionaries (zstd does the work: the file is no bigger, ~1.4x faster to
+            # write and 2x to read); statistics per 64k-row group, with which a cold query
+            # (Repository.query_datasets) reads only the row groups its dataIds may be in.
             pq.write_table(
                 table.combine_chunks(),
                 sink,
                 compression="zstd",
                 use_dictionary=False,
-                write_statistics=False,
+                row_group_size=65536,
             )
         else:
             with pa.ipc.new_file(sink, table.schema) as writer:
@@ -119,6 +120,21 @@ class LogTable:
         return name
 
     # -- reading ---------------------------------------------------------------------------------
+
+    def unread_files(self) -> tuple[list[str], pa.Table | None] | None:
+        """For a query that need not load the log: the local paths of its merged (Parquet)
+        files and its commit files' rows, while this process has read none of it (after that,
+        the state is the answer); None on remote storage or once read."""
+        if not self.storage.is_local or self._seen or self._unmerged:
+            return None
+        names = sorted(n for n in self.storage.list_names(self.reldir) if is_log_file(n))
+        merged = [
+            self.storage.full_path(f"{self.reldir}/{n}") for n in names if n.endswith(MERGED_SUFFIX)
+        ]
+        tables, vanished = self._read_many([n for n in names if n.endswith(COMMIT_SUFFIX)])
+        if vanished:  # merged meanwhile, into a file not listed: let a full read retry
+            return None
+        return merged, pa.concat_tables(tables) if tables else None
 
     def refresh(self) -> pl.DataFrame:
         """Read files committed since the last refresh and return the current state."""

@@ -467,3 +467,50 @@ def test_overwrite_inside_a_failed_transaction_leaves_no_dangling_record(repo):
     # the overwritten content is gone, and so is its record; the other dataset is untouched
     assert [r.data_id["detector"] for r in repo.query_datasets("src")] == [1]
     assert repo.verify().ok
+
+
+def test_a_fresh_reader_queries_the_files_as_a_loaded_registry_does(tmp_path):
+    """A process that has not read the registry answers query_datasets from the files (DuckDB,
+    where-clause before the latest row per dataset): the same refs as after loading it, with
+    removals, overwrites, find-first over runs and record joins, over merged and commit files."""
+    from tests.conftest import make_survey_records, small_catalog
+
+    root = str(tmp_path / "repo")
+    repo = Repository.create(root)
+    make_survey_records(repo, n_visits=12, n_detectors=3)
+    repo.register_dataset_type("cat", ["visit", "detector"], "Catalog")
+    for run in ("a", "b"):
+        for visit in range(1, 13):
+            with repo.transaction():
+                for detector in range(3):
+                    repo.put(small_catalog(visit), "cat", instrument="TestCam", visit=visit,
+                             detector=detector, run=run)  # fmt: skip
+    repo.compact()  # one merged file, then commit files after it
+    with repo.transaction():
+        repo.put(small_catalog(99), "cat", instrument="TestCam", visit=3, detector=1, run="a",
+                 mode="overwrite")  # fmt: skip
+    repo.remove_datasets(repo.query_datasets("cat", collections="b", where="visit = 5"))
+    queries = [
+        ("a", ""),
+        (["b", "a"], "visit IN (4..6)"),
+        (["a", "b"], "band = 'r' AND detector < 2"),
+        ("b", "visit.airmass > 1.05 AND detector = 0"),
+        ("b", "visit = 5"),
+    ]
+    for collections, where in queries:
+        fresh = Repository(root)
+        assert fresh.registry.datasets.unread_files() is not None  # the cold path is taken
+        cold = fresh.query_datasets("cat", collections=collections, where=where)
+        loaded = Repository(root)
+        loaded.registry.current_datasets()  # read the registry: the usual path
+        assert loaded.registry.datasets.unread_files() is None
+        warm = loaded.query_datasets("cat", collections=collections, where=where)
+        assert [(r.id, r.run, r.path) for r in cold] == [(r.id, r.run, r.path) for r in warm]
+        assert [dict(r.data_id) for r in cold] == [dict(r.data_id) for r in warm]
+    assert not Repository(root).query_datasets("cat", collections="b", where="visit = 5")
+    overwritten = Repository(root).query_datasets(
+        "cat", collections="a", where="visit = 3 AND detector = 1"
+    )
+    assert len(overwritten) == 1
+    content = Repository(root).get(overwritten[0])["psfFlux"]
+    assert np.array_equal(content, small_catalog(99)["psfFlux"])  # the overwrite, not the first
