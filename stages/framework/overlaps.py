@@ -300,9 +300,9 @@ class RegionOverlaps:
 
 
 def healpix_cover(polygons: Sequence[NDArray[np.float64]], order: int) -> tuple[int, ...]:
-    """Nested HEALPix pixels at ``order`` within the smallest circle about the polygons'
-    mean vertex that holds them all (astropy-healpix's cone search, which returns every pixel
-    the circle touches)."""
+    """Nested HEALPix pixels at ``order`` that may overlap the polygons: those astropy-healpix's
+    cone search finds for the smallest circle about their mean vertex that holds them all, and
+    their neighbours (a superset: a shard too many costs a read, one too few loses stars)."""
     from astropy import units as u
     from astropy_healpix import HEALPix
 
@@ -311,10 +311,13 @@ def healpix_cover(polygons: Sequence[NDArray[np.float64]], order: int) -> tuple[
     centre = radec_to_xyz(ra, dec)
     cosines = np.clip(radec_to_xyz(vertices[:, 0], vertices[:, 1]) @ centre, -1.0, 1.0)
     radius = float(np.degrees(np.arccos(cosines.min())))
-    pixels = HEALPix(nside=2**order, order="nested").cone_search_lonlat(
-        ra * u.deg, dec * u.deg, radius * u.deg
-    )
-    return tuple(sorted(int(p) for p in pixels))
+    healpix = HEALPix(nside=2**order, order="nested")
+    pixels = healpix.cone_search_lonlat(ra * u.deg, dec * u.deg, radius * u.deg)
+    # the cone search can miss a pixel that the circle only partly covers
+    # (astropy-healpix#287): the neighbours of what it found make the cover a superset
+    neighbours = healpix.neighbours(np.asarray(pixels, np.int64)).ravel()
+    cover = set(int(p) for p in pixels) | {int(p) for p in neighbours if p >= 0}
+    return tuple(sorted(cover))
 
 
 def _center(polygons: Sequence[NDArray[np.float64]]) -> tuple[float, float]:
