@@ -57,7 +57,12 @@ def test_intermediates_must_be_produced_by_the_pipeline():
     assert full.intermediates == ["calexp"]
     assert full.subset("coaddition").intermediates == []  # produced outside the subset
     assert "intermediates (in memory" in full.describe()
-    assert Pipeline.load("drp").intermediates == ["flatUnnormalized", "postISRCCD", "icExp"]
+    assert Pipeline.load("drp").intermediates == [
+        "flatUnnormalized",
+        "postISRCCD",
+        "icExp",
+        "deepCoadd_warp",
+    ]
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
