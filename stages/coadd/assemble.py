@@ -11,9 +11,10 @@ pass missed) is in one warp and not in the others. Each warp is compared with a 
 of them, the per-pixel median (``template``): pixels above it by ``detect_sigma`` of the two noises
 together, grown to the connected pixels above ``grow_sigma``, make candidate footprints. A
 candidate on a source of the template can be the PSF's difference between visits rather than an
-artifact (a sharper image puts more of a star's flux in its core): a footprint is clipped only if
-the excess over the template, summed over it, is more than ``max_psf_excess`` of the template's
-own flux there. A footprint clipped in more than half of the warps that cover it is something
+artifact (a sharper image puts more of a star's flux in its core and less in a ring around it):
+a footprint is clipped only if the excess summed over it grown by ``psf_radius`` pixels, where
+core and ring cancel, is significant (``detect_sigma``) and more than ``max_psf_excess`` of the
+template's own flux there. An artifact adds flux; a change of seeing moves it. A footprint clipped in more than half of the warps that cover it is something
 of the sky, not of one epoch, and is kept in all. The clipped pixels (dilated by
 ``grow_pixels``) are left out of the mean for that warp and marked ``CLIPPED`` in the co-add.
 
@@ -61,8 +62,11 @@ class AssembleConfig:
     detect_sigma, grow_sigma : float
         Thresholds of an artifact's peak and extent above the template (in noise sigmas).
     max_psf_excess : float
-        A footprint on a source of the template is clipped only if its excess is above this
-        fraction of the template's flux there.
+        A footprint is clipped only if its excess, summed over it grown by ``psf_radius``, is
+        above this fraction of the template's flux there (and ``detect_sigma`` of its noise).
+    psf_radius : int
+        Pixels by which a footprint is grown to sum its excess: a sharper or blurrier image of a
+        star has a core excess and a ring deficit that cancel within a few FWHM.
     grow_pixels : int
         Clipped footprints are dilated by this many pixels.
     """
@@ -71,7 +75,8 @@ class AssembleConfig:
     reject_artifacts: bool = True
     detect_sigma: float = 5.0
     grow_sigma: float = 2.5
-    max_psf_excess: float = 0.5
+    max_psf_excess: float = 0.1
+    psf_radius: int = 6
     grow_pixels: int = 2
 
 
@@ -83,6 +88,14 @@ class CoaddResult:
     weights: dict[int, float]
     clipped_pixels: dict[int, int]
     clipped_footprints: int
+
+
+def _grown(window: tuple[slice, slice], pad: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """A bounding box grown by ``pad`` pixels, clipped to the image."""
+    return tuple(
+        slice(max(w.start - pad, 0), min(w.stop + pad, n))
+        for w, n in zip(window, shape, strict=True)
+    )
 
 
 def masked_median(images: np.ndarray, usable: np.ndarray) -> np.ndarray:
@@ -148,19 +161,25 @@ def artifact_masks(
         sigma = np.sqrt(np.where(usable[i], variances[i], np.inf) + template_var)
         excess = np.where(usable[i] & comparable, images[i] - template, 0.0)
         significance = np.nan_to_num(excess / sigma, nan=0.0)
-        labels, n_labels = ndimage.label(significance > config.grow_sigma, structure)
+        labels, _ = ndimage.label(significance > config.grow_sigma, structure)
         # footprints above grow_sigma holding a pixel above detect_sigma (hysteresis)
         peaked = np.unique(labels[significance > config.detect_sigma])
         peaked = peaked[peaked > 0]
         if peaked.size == 0:
             candidates.append([])
             continue
-        flat = labels.ravel()
-        sums = np.bincount(flat, weights=excess.ravel(), minlength=n_labels + 1)
-        template_sums = np.bincount(flat, weights=template_flux.ravel(), minlength=n_labels + 1)
-        chosen_labels = peaked[sums[peaked] > config.max_psf_excess * template_sums[peaked]]
         objects = ndimage.find_objects(labels)
-        chosen = [(objects[k - 1], labels[objects[k - 1]] == k) for k in chosen_labels]
+        chosen = []
+        for k in peaked:
+            window = _grown(objects[k - 1], config.psf_radius, labels.shape)
+            pixels = labels[window] == k
+            around = ndimage.binary_dilation(pixels, structure, iterations=config.psf_radius)
+            around &= usable[i][window]  # a footprint may run off this warp's data
+            total = excess[window][around].sum()
+            noise = np.sqrt((sigma[window][around] ** 2).sum())
+            static = template_flux[window][around].sum()
+            if total > config.detect_sigma * noise and total > config.max_psf_excess * static:
+                chosen.append((window, pixels))
         candidates.append(chosen)
     votes = np.zeros(images.shape[1:], np.int16)
     for i, chosen in enumerate(candidates):

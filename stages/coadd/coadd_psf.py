@@ -21,6 +21,8 @@ detector, weight, affine map, corners, number of HDUs), then each input's own PS
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +85,10 @@ def fit_affine(
     return np.vstack([coef_x, coef_y])
 
 
+#: Kernel images a CoaddPsf keeps (by position) before it forgets them all.
+_KERNEL_CACHE_SIZE = 512
+
+
 class CoaddPsf(Psf):
     """Weighted sum of the warped PSFs of the inputs covering a position (see the module notes)."""
 
@@ -93,6 +99,7 @@ class CoaddPsf(Psf):
             raise DrpError("CoaddPsf needs at least one input")
         self.inputs = tuple(inputs)
         self._centres = np.array([i.corners.mean(axis=0) for i in self.inputs])
+        self._kernels: dict[tuple[float, float], np.ndarray] = {}
 
     def __repr__(self) -> str:
         return f"CoaddPsf({len(self.inputs)} inputs)"
@@ -116,13 +123,32 @@ class CoaddPsf(Psf):
             found = [self.inputs[nearest]]
         return found
 
+    @functools.cached_property
+    def kernel_size(self) -> int:
+        """Side of every kernel image: the largest of the inputs' kernels (at their centres), so
+        that kernels at all positions have one shape."""
+        size = 1
+        for item, centre in zip(self.inputs, self._centres, strict=True):
+            ix, iy = item.affine @ np.array([centre[0], centre[1], 1.0])
+            size = max(size, item.psf.kernel_image(float(ix), float(iy)).shape[0])
+        return size | 1
+
     def kernel_image(self, x: float, y: float) -> np.ndarray:
+        # measurements ask for the same positions several times (fluxes, then shapes)
+        key = (float(x), float(y))
+        if key not in self._kernels:
+            if len(self._kernels) >= _KERNEL_CACHE_SIZE:
+                self._kernels.clear()
+            self._kernels[key] = self._kernel_at(*key)
+        return self._kernels[key].copy()
+
+    def _kernel_at(self, x: float, y: float) -> np.ndarray:
         covering = self.covering(x, y)
         kernels = []
         for item in covering:
             ix, iy = item.affine @ np.array([x, y, 1.0])
             kernels.append(item.psf.kernel_image(float(ix), float(iy)))
-        size = max(k.shape[0] for k in kernels) | 1
+        size = self.kernel_size
         total = np.zeros((size, size))
         weight = 0.0
         for item, kernel in zip(covering, kernels, strict=True):
@@ -130,6 +156,19 @@ class CoaddPsf(Psf):
             weight += item.weight
         total /= weight if weight > 0 else len(covering)
         return total / total.sum()
+
+    def enclosed_fraction(self, x: float, y: float, radius: float) -> float:
+        """Weighted mean of the covering inputs' enclosed fractions, each within the radius in
+        its own pixels (``radius * sqrt(|det J|)``), so that the inputs' wings beyond their
+        kernel images count."""
+        total = 0.0
+        weight = 0.0
+        for item in self.covering(x, y):
+            ix, iy = item.affine @ np.array([x, y, 1.0])
+            scale = math.sqrt(abs(float(np.linalg.det(item.affine[:, :2]))))
+            total += item.weight * item.psf.enclosed_fraction(float(ix), float(iy), radius * scale)
+            weight += item.weight
+        return total / weight if weight > 0 else float("nan")
 
     def to_hdus(self) -> list[fits.ImageHDU | fits.BinTableHDU]:
         nested = [item.psf.to_hdus() for item in self.inputs]

@@ -71,6 +71,7 @@ from stages.characterize import psf_model  # noqa: F401  (registers the OPTATM P
 from stages.framework.executors import prepare_worker_process
 from stages.isr.calibration_products import CalibrationProduct
 from stages.isr.stages import camera_from_dataset
+from stages.quality.coadd_scores import COADD_KEYS, score_coadds
 from stages.quality.external import fallback_counts, summaries
 from stages.simulate.truth import masks_from_hdulist
 
@@ -91,6 +92,7 @@ REPORT_KEYS = (
     "cr_recall",
     "cr_star_false_rate",
     "sky_noise_ratio",
+    *COADD_KEYS,
 )
 
 #: Smallest PSF-flux S/N of the stars scored for photometry, and for astrometry (where the
@@ -342,6 +344,7 @@ def collect_report(repo: Repository, collections: list[str], *, jobs: int = 0) -
         report["star_core_pixels"] = int(total)
     if noise:
         report["sky_noise_ratio"] = float(np.median(noise))
+    report.update(score_coadds(repo, collections, _refs(repo, "deepCoadd", collections)))
     report["goals_met"] = goals_met(report)
     return ReportData(report, matched, psf_stars)
 
@@ -532,6 +535,13 @@ REPORT_GOALS: dict[str, Goal] = {
     "cr_recall": Goal("min", 0.95),
     "cr_star_false_rate": Goal("max", 0.001),
     "sky_noise_ratio": Goal("near", 1.0, 0.02),
+    # co-adds (issue 12)
+    "coadd_flux_ratio_median": Goal("near", 1.0, 0.002),
+    "coadd_flux_pull_rms": Goal("near", 1.0, 0.1),
+    "coadd_noise_ratio": Goal("near", 1.0, 0.02),
+    "coadd_psf_size_resid": Goal("near", 0.0, 0.01),
+    "coadd_psf_e_resid": Goal("max", 0.01),
+    "coadd_artifact_leftover": Goal("near", 0.0, 0.02),
 }
 
 REPORT_UNITS = {"astrom_rms_mas": "mas", "zp_err_mmag": "mmag"}
@@ -548,7 +558,10 @@ def goals_met(report: dict[str, Any]) -> dict[str, bool | None]:
 def format_report(report: dict[str, Any]) -> str:
     """The report's top-level figures as aligned text lines, each beside its goal (``n/a``
     where missing), and how many goals are met."""
-    lines = [f"report on {', '.join(report['collections'])}: {report['n_calexps']} calexps"]
+    lines = [
+        f"report on {', '.join(report['collections'])}: {report['n_calexps']} calexps, "
+        f"{report.get('n_coadds', 0)} co-adds"
+    ]
     width = max(len(key) for key in REPORT_KEYS)
     met = goals_met(report)
     rows = []
