@@ -523,9 +523,9 @@ def demo(
 ) -> None:
     """Simulate a small survey into REPO, process it and print the report; run again to resume.
 
-    The default pipeline's singleFrame subset runs from SimCam/defaults into SimCam/runs/demo
-    (see drp pipeline show drp#singleFrame); the report scores it against the simulator's
-    truth (drp report REPO --json for the figures as JSON).
+    The default pipeline (single-frame processing, warps and co-adds on the default sky map)
+    runs from SimCam/defaults into SimCam/runs/demo (see drp pipeline show drp); the report
+    scores it against the simulator's truth (drp report REPO --json for the figures as JSON).
 
     Example: drp demo ./drp-demo --preset tiny
     """

@@ -18,7 +18,8 @@ exists already is skipped, so running the demo again resumes where it stopped. T
 configuration is stored in the repository, and a different one is refused for the same repository.
 Units run in parallel on a pool of processes.
 
-:func:`process_survey` then runs the default pipeline (``drp#singleFrame``) from
+:func:`process_survey` then runs the default pipeline (``drp``: single-frame processing, warps
+and co-adds on the default sky map, which :func:`setup_repository` registers) from
 ``SimCam/defaults`` into the run ``SimCam/runs/demo`` on a pool of processes; finished quanta
 are skipped, so it resumes too.
 """
@@ -40,10 +41,12 @@ from typing import Any
 from repo.errors import DrpError
 from repo.registry import Provenance
 from repo.repository import Repository
+from repo.skymap import SkyMapConfig
 from stages.simulate.truth import masks_to_hdulist
 
 from .calibrate.refcat import REFCAT_SHARD_DIMENSION, put_refcat_shards
 from .framework.executors import prepare_worker_process
+from .framework.skymap_setup import register_skymap
 from .simulate import SurveyConfig, make_plan, make_sky, simulate_calibration_frames, simulate_raw
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ REFCAT_RUN = "SimCam/refcats"
 DEFAULTS = "SimCam/defaults"
 DEMO_RUN = "SimCam/runs/demo"
 #: The pipeline (and subset) the demo runs.
-DEMO_PIPELINE = "drp#singleFrame"
+DEMO_PIPELINE = "drp"
 
 #: Dataset types the simulation writes: name -> (dimensions, storage class).
 DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -135,6 +138,7 @@ def setup_repository(repo: Repository, config: SurveyConfig) -> list[tuple[int, 
         for det in camera.detectors
     ]
     repo.insert_dimension_records("visit_detector_region", regions)
+    register_skymap(repo, SkyMapConfig())  # the tracts and patches the visits overlap
     sky = make_sky(config, plan)
     with repo.transaction():
         repo.put(
@@ -283,7 +287,7 @@ def process_survey(
     output_run: str = DEMO_RUN,
     keep_intermediates: bool = False,
 ) -> Any:
-    """Run the default pipeline's ``singleFrame`` subset on the simulated survey.
+    """Run the default pipeline (single frame, warps, co-adds) on the simulated survey.
 
     Parameters
     ----------
